@@ -1,0 +1,37 @@
+"""The client's address. `X-Forwarded-For` is believed only when the peer is a configured trusted proxy."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ClientIpResolver:
+    def __init__(self, trusted_proxies: Iterable[str]) -> None:
+        self._trusted: tuple[IPNetwork, ...] = tuple(ipaddress.ip_network(c, strict=False) for c in trusted_proxies)
+
+    def _is_trusted(self, addr: str) -> bool:
+        if not self._trusted:
+            return False
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return False
+        return any(ip in net for net in self._trusted)
+
+    def resolve(self, peer: str | None, forwarded_for: str | None) -> str:
+        peer = peer or "0.0.0.0"
+        if not forwarded_for or not self._is_trusted(peer):
+            return peer
+        # walk from the nearest hop outwards; the first address that is not a trusted proxy is the client
+        hops = [h.strip() for h in forwarded_for.split(",") if h.strip()]
+        for hop in reversed(hops):
+            try:
+                ipaddress.ip_address(hop)
+            except ValueError:
+                return peer  # a malformed chain: trust nothing in it
+            if not self._is_trusted(hop):
+                return hop
+        return hops[0] if hops else peer

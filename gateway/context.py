@@ -1,0 +1,117 @@
+"""RequestContext: everything one request (or one WebSocket message) carries through the chain.
+
+Built once at entry with the snapshot read once, so a reload never changes a request midway. Filters write their
+decisions here; audit and metrics read it in the chain's `finally`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from gateway.jsonrpc import Envelope, JsonRpcId, Message
+
+if TYPE_CHECKING:
+    from aiohttp import web
+
+    from gateway.auth.principal import Principal
+    from gateway.policy.servers import ServerPolicy
+    from gateway.policy.snapshot import Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamOutcome:
+    """What the forward stage learned about the upstream: for breakers, health and metrics."""
+
+    upstream: str
+    status: int | None  # HTTP status, None when no answer came
+    error: str | None  # "connect", "timeout", "reset", or None
+    latency: float  # seconds to the answer's headers (or to the failure)
+
+
+@dataclass(slots=True)
+class ShadowDecision:
+    """A rule in `mode: shadow` that would have refused: logged, audited and counted, not enforced."""
+
+    stage: str
+    reason: str
+
+
+@dataclass(slots=True)
+class RequestContext:
+    request_id: str
+    snapshot: Snapshot
+    server_name: str
+    server: ServerPolicy | None
+    client_ip: str
+    # "streamable-http", "sse", "websocket"
+    transport: str
+    # HTTP verb, or "WS" for a WebSocket message
+    http_method: str
+    request: web.BaseRequest | None = None
+    headers: Any = None  # the client's request headers (CIMultiDictProxy)
+    body: bytes = b""
+    message: Message | None = None
+    protocol_version: str | None = None
+    session_id: str | None = None
+    principal: Principal | None = None
+    # the upstream instance chosen by routing (URL); set by the forward stage or the session binding
+    upstream_url: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+    started_wall: float = field(default_factory=time.time)
+    # headers filters want on the final answer (rate-limit headers, ...)
+    response_headers: dict[str, str] = field(default_factory=dict)
+    # outcome, filled as the request goes
+    refused_stage: str | None = None
+    refused_reason: str | None = None
+    http_status: int | None = None
+    rpc_error_code: int | None = None
+    upstream_status: int | None = None
+    upstream_latency: float | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    shadow: list[ShadowDecision] = field(default_factory=list)
+    # cost charged against rate limits (set by the ratelimit stage)
+    cost: int = 0
+    # cleanups to run when the request ends (release concurrency slots, ...); run in reverse order
+    releases: list[Any] = field(default_factory=list)
+    # free-form per-stage notes for audit (e.g. the limit that was hit)
+    notes: dict[str, Any] = field(default_factory=dict)
+    # called once with the upstream outcome (the breaker stage registers here)
+    outcome_hooks: list[Callable[[UpstreamOutcome], None]] = field(default_factory=list)
+    # rewrites JSON-RPC messages coming back from the upstream (e.g. filtering tools/list); None = relay bytes
+    transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+
+    def report_outcome(self, outcome: UpstreamOutcome) -> None:
+        hooks, self.outcome_hooks = self.outcome_hooks, []
+        for hook in hooks:
+            hook(outcome)
+
+    @property
+    def envelopes(self) -> list[Envelope]:
+        return self.message.envelopes if self.message is not None else []
+
+    @property
+    def rpc_id(self) -> JsonRpcId:
+        return self.message.first_id if self.message is not None else None
+
+    @property
+    def method(self) -> str | None:
+        envs = self.envelopes
+        if not envs:
+            return None
+        return envs[0].method if len(envs) == 1 else "batch"
+
+    @property
+    def tool(self) -> str | None:
+        envs = self.envelopes
+        return envs[0].tool if len(envs) == 1 else None
+
+    @property
+    def tenant(self) -> str | None:
+        return self.principal.tenant if self.principal is not None else None
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started

@@ -1,0 +1,18 @@
+"""access.yaml: extra authorization rules beyond tenants.yaml (per tenant and server tool rules)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from gateway.policy.base import Model
+from gateway.policy.tenants import ToolRules
+
+
+class AccessRule(Model):
+    tenant: str = "*"
+    server: str = "*"
+    tools: ToolRules = Field(default_factory=ToolRules)
+
+
+class AccessFile(Model):
+    rules: list[AccessRule] = Field(default_factory=list)

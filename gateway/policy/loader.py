@@ -1,0 +1,143 @@
+"""Load `policies/*.yaml`, validate with precise errors (file, path, reason), cross-check, build a Snapshot.
+
+`mcp-gateway check` and every reload run exactly this code, so an edit that passes `check` loads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from gateway.policy.model import POLICY_FILES, PolicySet
+from gateway.policy.snapshot import Snapshot
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyProblem:
+    file: str
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.path}" if self.path else self.file
+        return f"{where}: {self.reason}"
+
+
+class PolicyError(Exception):
+    def __init__(self, problems: list[PolicyProblem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))
+
+
+def _loc_to_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += f".{part}" if out else str(part)
+    return out
+
+
+def _read_yaml(path: Path, problems: list[PolicyProblem]) -> Any:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        problems.append(PolicyProblem(path.name, "", f"cannot read: {exc.strerror}"))
+        return None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        problems.append(PolicyProblem(path.name, where, f"invalid YAML: {problem}"))
+        return None
+
+
+def _validate_files(directory: Path, problems: list[PolicyProblem]) -> tuple[dict[str, Any], bytes]:
+    parsed: dict[str, Any] = {}
+    digest = hashlib.sha256()
+    if not directory.is_dir():
+        problems.append(PolicyProblem(str(directory), "", "policy directory does not exist"))
+        return parsed, b""
+    for extra in sorted(directory.glob("*.y*ml")):
+        if extra.name not in POLICY_FILES:
+            problems.append(
+                PolicyProblem(extra.name, "", f"unknown policy file (expected one of {', '.join(POLICY_FILES)})")
+            )
+    for name, model in POLICY_FILES.items():
+        path = directory / name
+        if not path.exists():
+            continue
+        digest.update(name.encode() + b"\0")
+        with contextlib.suppress(OSError):
+            digest.update(path.read_bytes())
+        data = _read_yaml(path, problems)
+        if data is None:
+            data = {}
+        if not isinstance(data, dict):
+            problems.append(PolicyProblem(name, "", "top level must be a mapping"))
+            continue
+        try:
+            parsed[name.removesuffix(".yaml")] = model.model_validate(data)
+        except ValidationError as exc:
+            for err in exc.errors():
+                problems.append(PolicyProblem(name, _loc_to_path(err["loc"]), err["msg"]))
+    return parsed, digest.digest()
+
+
+def _cross_check(policy: PolicySet, problems: list[PolicyProblem]) -> None:
+    servers = policy.servers.servers
+    tenants = policy.tenants.tenants
+    for sname, server in servers.items():
+        if server.owner is not None and server.owner not in tenants:
+            problems.append(PolicyProblem("servers.yaml", f"servers.{sname}.owner", f"unknown tenant {server.owner!r}"))
+        for i, t in enumerate(server.shared_with):
+            if t != "*" and t not in tenants:
+                problems.append(
+                    PolicyProblem("servers.yaml", f"servers.{sname}.shared_with[{i}]", f"unknown tenant {t!r}")
+                )
+        for tool in server.retry.idempotent_tools:
+            if not tool:
+                problems.append(PolicyProblem("servers.yaml", f"servers.{sname}.retry.idempotent_tools", "empty name"))
+    for tname, tenant in tenants.items():
+        for i, s in enumerate(tenant.servers):
+            if s not in servers:
+                problems.append(PolicyProblem("tenants.yaml", f"tenants.{tname}.servers[{i}]", f"unknown server {s!r}"))
+    seen: set[str] = set()
+    for i, key in enumerate(policy.keys.keys):
+        if key.id in seen:
+            problems.append(PolicyProblem("keys.yaml", f"keys[{i}].id", f"duplicate key id {key.id!r}"))
+        seen.add(key.id)
+        if key.tenant not in tenants:
+            problems.append(PolicyProblem("keys.yaml", f"keys[{i}].tenant", f"unknown tenant {key.tenant!r}"))
+    for i, rule in enumerate(policy.access.rules):
+        if rule.tenant != "*" and rule.tenant not in tenants:
+            problems.append(PolicyProblem("access.yaml", f"rules[{i}].tenant", f"unknown tenant {rule.tenant!r}"))
+        if rule.server != "*" and rule.server not in servers:
+            problems.append(PolicyProblem("access.yaml", f"rules[{i}].server", f"unknown server {rule.server!r}"))
+
+
+def load_policy(directory: Path | str) -> Snapshot:
+    """Validate and build a Snapshot, or raise `PolicyError` listing every problem found."""
+    directory = Path(directory)
+    problems: list[PolicyProblem] = []
+    parsed, digest = _validate_files(directory, problems)
+    if problems:
+        raise PolicyError(problems)
+    policy = PolicySet(**parsed)
+    _cross_check(policy, problems)
+    from gateway.policy.compilers import run_compile_checks
+
+    problems.extend(run_compile_checks(policy))
+    if problems:
+        raise PolicyError(problems)
+    return Snapshot.build(policy, digest.hex()[:16], directory.resolve(), time.time())

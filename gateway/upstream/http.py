@@ -1,0 +1,236 @@
+"""The forward stage for HTTP transports: send the request upstream and stream the answer back.
+
+Nothing is buffered on the plain path: chunks are written to the client as they arrive (`iter_any`, so there is no
+line-length limit either). Only when a request carries a message transform (e.g. a filtered `tools/list`) is a
+JSON answer read whole (bounded) or an SSE stream parsed event by event. Idle SSE streams get `:` comments, but
+only between events, so an event is never split.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import aiohttp
+import orjson
+import structlog
+from aiohttp import web
+
+from gateway.context import RequestContext, UpstreamOutcome
+from gateway.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from gateway.policy.servers import ServerPolicy
+from gateway.upstream.headers import client_response_headers, upstream_request_headers
+from gateway.upstream.pool import UpstreamPools
+from gateway.upstream.sse import SseParser, encode_event
+
+log = structlog.get_logger("gateway.upstream")
+
+KEEPALIVE_COMMENT = b": keepalive\n\n"
+MAX_TRANSFORM_BYTES = 32 * 1024 * 1024
+_EVENT_BOUNDARY = (b"\n\n", b"\r\r", b"\r\n\r\n")
+
+
+class HttpForwarder:
+    def __init__(self, pools: UpstreamPools, keepalive_seconds: float) -> None:
+        self._pools = pools
+        self._keepalive = keepalive_seconds
+
+    async def open(
+        self,
+        ctx: RequestContext,
+        server: ServerPolicy,
+        url: str,
+        method: str,
+        extra_headers: Iterable[tuple[str, str]] = (),
+    ) -> aiohttp.ClientResponse:
+        """Send the request and wait for the answer's headers (connect + first-byte timeouts)."""
+        session = self._pools.session(url, server.pool)
+        headers = upstream_request_headers(
+            ctx.headers,
+            request_id=ctx.request_id,
+            client_ip=ctx.client_ip,
+            proto=ctx.request.scheme if ctx.request is not None else "http",
+            extra=extra_headers,
+        )
+        t = server.timeouts
+        timeout = aiohttp.ClientTimeout(
+            total=None,
+            connect=t.connect + server.pool.max_wait_seconds,
+            sock_connect=t.connect,
+            sock_read=t.idle,
+        )
+        start = time.perf_counter()
+        try:
+            async with asyncio.timeout(t.connect + server.pool.max_wait_seconds + t.first_byte):
+                resp = await session.request(
+                    method,
+                    url,
+                    data=ctx.body if method == "POST" else None,
+                    headers=headers,
+                    timeout=timeout,
+                    allow_redirects=False,
+                )
+        except TimeoutError:
+            latency = time.perf_counter() - start
+            ctx.upstream_latency = latency
+            ctx.report_outcome(UpstreamOutcome(url, None, "timeout", latency))
+            raise UpstreamTimeout("upstream did not answer in time", reason="upstream_timeout") from None
+        except (aiohttp.ClientConnectorError, aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
+            latency = time.perf_counter() - start
+            ctx.upstream_latency = latency
+            kind = "connect" if isinstance(exc, aiohttp.ClientConnectorError) else "reset"
+            ctx.report_outcome(UpstreamOutcome(url, None, kind, latency))
+            raise UpstreamUnavailable(
+                "upstream is unreachable", reason="upstream_unreachable", data={"detail": type(exc).__name__}
+            ) from None
+        except aiohttp.ClientResponseError as exc:
+            latency = time.perf_counter() - start
+            ctx.report_outcome(UpstreamOutcome(url, None, "protocol", latency))
+            raise UpstreamProtocolError(
+                "upstream sent an invalid answer",
+                reason="upstream_protocol_error",
+                data={"detail": exc.message},
+            ) from None
+        latency = time.perf_counter() - start
+        ctx.upstream_latency = latency
+        ctx.upstream_status = resp.status
+        ctx.report_outcome(UpstreamOutcome(url, resp.status, None, latency))
+        return resp
+
+    async def relay(
+        self,
+        ctx: RequestContext,
+        request: web.BaseRequest,
+        resp: aiohttp.ClientResponse,
+        extra_headers: dict[str, str] | None = None,
+    ) -> web.StreamResponse:
+        """Stream the upstream answer to the client. Closes the upstream response on any exit."""
+        out: web.StreamResponse | None = None
+        try:
+            headers = client_response_headers(resp.headers)
+            headers.update(ctx.response_headers)
+            if extra_headers:
+                headers.update(extra_headers)
+            headers["X-Request-ID"] = ctx.request_id
+            ctype = resp.headers.get("Content-Type", "")
+            is_sse = ctype.startswith("text/event-stream")
+            out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
+            ctx.http_status = resp.status
+            if is_sse:
+                out.headers["Cache-Control"] = "no-cache, no-transform"
+                out.headers["X-Accel-Buffering"] = "no"
+                await out.prepare(request)
+                if ctx.transform is not None:
+                    await self._relay_sse_transformed(ctx, resp, out)
+                else:
+                    await self._relay_sse(ctx, resp, out)
+            elif ctx.transform is not None and ctype.startswith("application/json") and resp.status == 200:
+                body = await self._read_bounded(resp)
+                body = self._transform_json(ctx, body)
+                out.content_length = len(body)
+                await out.prepare(request)
+                await out.write(body)
+                ctx.bytes_out += len(body)
+            else:
+                if resp.content_length is not None:
+                    out.content_length = resp.content_length
+                await out.prepare(request)
+                async for chunk in resp.content.iter_any():
+                    ctx.bytes_out += len(chunk)
+                    await out.write(chunk)
+            await out.write_eof()
+            return out
+        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
+            # the upstream broke off mid-answer; the status line is already sent, so the client sees a cut stream
+            log.warning("upstream stream ended abnormally", request_id=ctx.request_id, error=type(exc).__name__)
+            ctx.notes["stream_error"] = type(exc).__name__
+            if out is None or not out.prepared:
+                raise UpstreamProtocolError("upstream broke off its answer", reason="upstream_stream_broken") from None
+            return out
+        finally:
+            resp.close()
+
+    async def _relay_sse(self, ctx: RequestContext, resp: aiohttp.ClientResponse, out: web.StreamResponse) -> None:
+        content = resp.content
+        keepalive = self._keepalive
+        tail = b"\n\n"  # a stream starts at an event boundary
+        while True:
+            try:
+                async with asyncio.timeout(keepalive):
+                    chunk = await content.readany()
+            except TimeoutError:
+                if tail.endswith(_EVENT_BOUNDARY):
+                    await out.write(KEEPALIVE_COMMENT)
+                continue
+            if not chunk:
+                return
+            ctx.bytes_out += len(chunk)
+            tail = (tail + chunk)[-4:]
+            await out.write(chunk)
+
+    async def _relay_sse_transformed(
+        self, ctx: RequestContext, resp: aiohttp.ClientResponse, out: web.StreamResponse
+    ) -> None:
+        parser = SseParser()
+        content = resp.content
+        while True:
+            try:
+                async with asyncio.timeout(self._keepalive):
+                    chunk = await content.readany()
+            except TimeoutError:
+                await out.write(KEEPALIVE_COMMENT)  # the parser emits whole events, so we are at a boundary
+                continue
+            if not chunk:
+                return
+            for ev in parser.feed(chunk):
+                raw = ev.raw
+                if ev.is_message and ev.data:
+                    raw = self._transform_event(ctx, ev.data, ev.id, ev.event, ev.retry, raw)
+                ctx.bytes_out += len(raw)
+                await out.write(raw)
+
+    def _transform_event(
+        self,
+        ctx: RequestContext,
+        data: str,
+        id_: str | None,
+        event: str | None,
+        retry: str | None,
+        raw: bytes,
+    ) -> bytes:
+        assert ctx.transform is not None
+        try:
+            msg = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            return raw
+        if not isinstance(msg, dict):
+            return raw
+        new = ctx.transform(msg)
+        if new is msg:
+            return raw
+        return encode_event(data=orjson.dumps(new).decode(), event=event, id=id_, retry=retry)
+
+    @staticmethod
+    async def _read_bounded(resp: aiohttp.ClientResponse) -> bytes:
+        buf = bytearray()
+        async for chunk in resp.content.iter_any():
+            buf += chunk
+            if len(buf) > MAX_TRANSFORM_BYTES:
+                raise UpstreamProtocolError("upstream answer too large to filter", reason="upstream_too_large")
+        return bytes(buf)
+
+    @staticmethod
+    def _transform_json(ctx: RequestContext, body: bytes) -> bytes:
+        assert ctx.transform is not None
+        try:
+            msg: Any = orjson.loads(body)
+        except orjson.JSONDecodeError:
+            return body
+        if isinstance(msg, dict):
+            new = ctx.transform(msg)
+            return body if new is msg else orjson.dumps(new)
+        if isinstance(msg, list):
+            return orjson.dumps([ctx.transform(m) if isinstance(m, dict) else m for m in msg])
+        return body
