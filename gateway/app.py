@@ -24,6 +24,7 @@ from gateway.observers import add_observer
 from gateway.ops import healthz, readyz
 from gateway.policy.snapshot import Snapshot
 from gateway.policy.store import POLICY, PolicyStore, ReloadResult
+from gateway.redis_client import install_redis
 from gateway.runtime import RUNTIME, Runtime
 from gateway.sessions import SESSIONS, MemorySessionStore
 from gateway.settings import Settings
@@ -71,6 +72,7 @@ def build_app(settings: Settings) -> web.Application:
     app[API_KEY_SECRET] = secret
     sessions = MemorySessionStore()
     app[SESSIONS] = sessions
+    install_redis(app, settings)
     app[RUNTIME] = Runtime(
         sessions=sessions,
         forwarder=HttpForwarder(pools, settings.http.sse_keepalive_seconds),
