@@ -37,6 +37,28 @@ class PostgresSettings(Model):
     pool_size: PositiveInt = 5
 
 
+RiskLevel = Literal["low", "medium", "high", "critical"]
+
+
+class AuditRiskRules(Model):
+    """Risk level of an audit record: the highest level among the rules that match (docs/audit.md)."""
+
+    default: RiskLevel = "low"
+    # write-scope MCP methods (tools/call, tasks/cancel)
+    write: RiskLevel = "medium"
+    # a refusal by any stage other than authn/client_guard
+    refused: RiskLevel = "medium"
+    # authn refusals and client_guard (IP block, flood) refusals
+    auth_failure: RiskLevel = "high"
+    # admin API calls and methods that need the admin scope
+    admin: RiskLevel = "high"
+    # upstream failures (unreachable, timeout, 5xx)
+    upstream_error: RiskLevel = "medium"
+    # per MCP method and per tool name (shell-style globs, e.g. "delete_*")
+    methods: dict[str, RiskLevel] = Field(default_factory=dict)
+    tools: dict[str, RiskLevel] = Field(default_factory=dict)
+
+
 class AuditSettings(Model):
     sink: Literal["file", "postgres", "log"] = "file"
     path: str = "var/audit.jsonl"
@@ -45,6 +67,16 @@ class AuditSettings(Model):
     batch_size: PositiveInt = 500
     flush_interval: PositiveFloat = 0.2
     retention_days: PositiveInt = 30
+    # emit every record on the structured log (logger "gateway.audit") as well as to the sink
+    log_records: bool = True
+    # daily partitions created ahead of time; the retention job runs this often (PostgreSQL sink)
+    partitions_ahead_days: PositiveInt = 3
+    retention_interval_seconds: PositiveFloat = 3600.0
+    # seconds between reconnection attempts while PostgreSQL is down (records go to the spool meanwhile)
+    reconnect_interval: PositiveFloat = 1.0
+    # longest string kept in recorded arguments (longer values are truncated)
+    max_value_length: PositiveInt = 256
+    risk: AuditRiskRules = Field(default_factory=AuditRiskRules)
 
 
 class ApiKeySettings(Model):
