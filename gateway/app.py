@@ -19,6 +19,7 @@ from aiohttp import web
 from gateway.chain import build_chain
 from gateway.clientip import ClientIpResolver
 from gateway.filters.authn import API_KEY_SECRET
+from gateway.logging import AccessLog
 from gateway.metrics import METRICS, GatewayMetrics, metrics_handler
 from gateway.observers import add_observer
 from gateway.ops import healthz, readyz
@@ -85,6 +86,8 @@ def build_app(settings: Settings) -> web.Application:
         module = importlib.import_module(path)
         module.install(app, settings)
     add_observer(app, metrics)
+    if settings.logging.access_log:
+        add_observer(app, AccessLog())
 
     def on_result(result: ReloadResult, snapshot: Snapshot) -> None:
         metrics.policy_loaded(result.ok, snapshot.version)

@@ -89,6 +89,9 @@ class Chain:
         `prepare` (reading and parsing the body) runs right after client_guard: the guard must refuse before any
         parsing, and every later stage needs the parsed envelope.
         """
+        # every log line written while this request runs (filters, forwarder) carries its id; each aiohttp
+        # handler is its own task, so the binding cannot leak into another request
+        structlog.contextvars.bind_contextvars(request_id=ctx.request_id)
         try:
             if prepare is not None and stages and stages[0] == "client_guard":
                 await self.admit(ctx, ("client_guard",))
@@ -157,5 +160,7 @@ def build_chain(snapshot: Snapshot, app: web.Application) -> Chain:
         breaker.build(snapshot, app),
     )
     for flt, expected in zip(filters, STAGES, strict=True):
-        assert flt.stage == expected, f"chain order broken: {flt.stage} where {expected} belongs"
+        # a real check, not `assert`: the order is a security property and must hold under `python -O` too
+        if flt.stage != expected:
+            raise RuntimeError(f"chain order broken: {flt.stage} where {expected} belongs")
     return Chain(snapshot, filters, collect_observers(app))

@@ -14,6 +14,7 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
     "gateway.audit.cli",
     "gateway.db.cli",
     "gateway.explain",
+    "gateway.policy.schema",
 )
 
 

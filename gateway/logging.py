@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import TYPE_CHECKING
 
 import orjson
 import structlog
+
+if TYPE_CHECKING:
+    from gateway.context import RequestContext
 
 
 def _dumps(obj: object, default: object = None) -> str:
@@ -34,3 +38,34 @@ def configure_logging(level: str = "info", fmt: str = "json") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+class AccessLog:
+    """Chain observer writing one JSON line per finished request (`logging.access_log: true`).
+
+    Carries the request id the client sent or was given, so a client's report can be matched to this line, the
+    audit record and the upstream's own logs (which get the same id in `X-Request-ID`). Never credentials.
+    """
+
+    def __init__(self) -> None:
+        self._log = structlog.get_logger("gateway.access")
+
+    def observe(self, ctx: RequestContext) -> None:
+        self._log.info(
+            "request",
+            request_id=ctx.request_id,
+            server=ctx.server_name,
+            transport=ctx.transport,
+            http_method=ctx.http_method,
+            method=ctx.method,
+            tool=ctx.tool,
+            status=ctx.http_status,
+            duration_ms=round(ctx.elapsed() * 1000, 3),
+            upstream_status=ctx.upstream_status,
+            tenant=ctx.tenant,
+            client_ip=ctx.client_ip,
+            refused_stage=ctx.refused_stage,
+            refused_reason=ctx.refused_reason,
+            bytes_in=ctx.bytes_in,
+            bytes_out=ctx.bytes_out,
+        )
