@@ -88,6 +88,10 @@ class HttpSettings(Model):
     max_body_bytes: PositiveInt = 4 * 1024 * 1024
     # `:` comment sent on SSE streams idle this long, so intermediaries do not cut them
     sse_keepalive_seconds: PositiveFloat = 15.0
+    # idle lifetime of a session binding (Mcp-Session-Id / legacy SSE session); refreshed on every use
+    session_ttl_seconds: PositiveFloat = 3600.0
+    # WebSocket ping interval (both client and upstream sockets); a peer missing a pong is closed
+    ws_heartbeat_seconds: PositiveFloat = 20.0
     trusted_proxies: list[str] = Field(default_factory=list)
     shutdown_grace_seconds: PositiveFloat = 20.0
     allowed_origins: list[str] = Field(default_factory=list)
@@ -174,9 +178,11 @@ def load_settings(path: str | Path | None, env: dict[str, str] | None = None) ->
         if not isinstance(loaded, dict):
             raise SettingsError(f"{p}: top level must be a mapping")
         data = loaded
+    applied: dict[str, str] = {}  # dotted path -> the variable that set it, so errors can name the variable
     for var, dotted in ENV_OVERRIDES.items():
         if var in env:
             _set_path(data, dotted, env[var])
+            applied[dotted] = var
     data.setdefault("base_dir", str(base))
     try:
         return Settings.model_validate(data)
@@ -184,5 +190,6 @@ def load_settings(path: str | Path | None, env: dict[str, str] | None = None) ->
         lines = []
         for err in exc.errors():
             loc = ".".join(str(x) for x in err["loc"])
-            lines.append(f"{path}: {loc}: {err['msg']}")
+            via = f" (from environment variable {applied[loc]})" if loc in applied else ""
+            lines.append(f"{path if path is not None else 'settings'}: {loc}{via}: {err['msg']}")
         raise SettingsError("\n".join(lines)) from None
