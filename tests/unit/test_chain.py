@@ -207,7 +207,7 @@ async def test_client_disconnect_is_499_and_releases_run() -> None:
 
 
 async def test_failing_release_and_observer_do_not_hide_the_outcome() -> None:
-    chain, journal, rec = make_chain()
+    chain, _, rec = make_chain()
 
     class Broken:
         def observe(self, ctx: RequestContext) -> None:

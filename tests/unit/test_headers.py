@@ -62,7 +62,9 @@ def test_hop_by_hop_headers_are_dropped(name: str) -> None:
 
 
 def test_headers_listed_in_connection_are_dropped() -> None:
-    out = upstream([("Connection", "keep-alive, X-Private, x-other"), ("X-Private", "1"), ("X-Other", "2"), ("X-Kept", "3")])
+    out = upstream(
+        [("Connection", "keep-alive, X-Private, x-other"), ("X-Private", "1"), ("X-Other", "2"), ("X-Kept", "3")]
+    )
     assert "X-Private" not in out and "X-Other" not in out and "Connection" not in out
     assert out["X-Kept"] == "3"
 
