@@ -1,22 +1,180 @@
-"""Stage 4: multi-tier rate limits.
+"""Stage 4: multi-tier rate limits and concurrency caps, all decided in one store call.
 
-PASS-THROUGH until the rate-limit issue (#5) lands: it charges nothing and refuses nothing.
+Tiers (each only when policy defines it): global, tenant (its fair share of the global rate, capped by
+`tenant_default`), user (by role; anonymous callers per IP), API key (`rate_limit` of the key). The cost of a
+request is what `limits.costs` and the server's `tool_costs` say; notifications, responses and
+`notifications/cancelled` cost nothing and are never limited. A tools/call takes a concurrency slot and a GET
+stream an open-stream slot when the tenant or key has a cap; both are released through `ctx.releases`.
 """
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from gateway.context import RequestContext
+from gateway.context import RequestContext, ShadowDecision
+from gateway.errors import ConcurrencyLimited, RateLimited
+from gateway.jsonrpc import Kind
 from gateway.policy.snapshot import Snapshot
+from gateway.ratelimit.compiled import CompiledLimits
+from gateway.ratelimit.gcra import SlotCheck, SlotHold, TierCheck
+from gateway.ratelimit.headers import limit_headers
+from gateway.ratelimit.install import LIMITER
+from gateway.ratelimit.service import RateLimiter
+from gateway.ratelimit.shares import ANONYMOUS_TENANT
+
+CALL_METHOD = "tools/call"
+
+
+def request_cost(ctx: RequestContext, c: CompiledLimits) -> tuple[int, bool]:
+    """(cost, takes a tools/call slot). Only requests are charged."""
+    if ctx.http_method == "GET":
+        return c.costs.stream, False
+    if ctx.http_method not in {"POST", "WS"}:
+        return 0, False
+    costs = c.costs
+    tool_costs = c.tool_costs.get(ctx.server_name)
+    total = 0
+    calls = False
+    for env in ctx.envelopes:
+        if env.kind is not Kind.REQUEST:
+            continue
+        method = env.method
+        if method == CALL_METHOD:
+            calls = True
+            if tool_costs is not None and env.name is not None:
+                total += tool_costs.get(env.name, costs.default)
+            else:
+                total += costs.default
+        elif method == "initialize":
+            total += costs.initialize
+        elif method == "ping":
+            total += costs.ping
+        else:
+            total += costs.default
+    return total, calls
 
 
 class RateLimitFilter:
+    stage = "ratelimit"
+
+    def __init__(self, compiled: CompiledLimits, limiter: RateLimiter) -> None:
+        self._c = compiled
+        self._limiter = limiter
+
+    def _tiers(self, ctx: RequestContext, tenant: str, cost: int) -> list[TierCheck]:
+        c = self._c
+        p = ctx.principal
+        tiers: list[TierCheck] = []
+        g = c.global_
+        if g is not None:
+            tiers.append(TierCheck("global", "g", g.interval, g.burst, cost, g.shadow, shared=True))
+        ceiling = c.tenant_ceiling
+        share = None
+        if c.fair is not None:
+            self._limiter.fair.record(tenant, cost)
+            share = self._limiter.fair.share(tenant)
+        if share is not None:
+            rate = share if ceiling is None else min(share, ceiling.rate)
+            burst = ceiling.burst if ceiling is not None else max(1.0, rate * c.fair_burst_seconds)
+            shadow = ceiling.shadow if ceiling is not None else (g.shadow if g is not None else False)
+            tiers.append(TierCheck("tenant", f"t:{tenant}", 1.0 / rate, burst, cost, shadow, shared=True))
+        elif ceiling is not None:
+            tiers.append(
+                TierCheck("tenant", f"t:{tenant}", ceiling.interval, ceiling.burst, cost, ceiling.shadow, shared=True)
+            )
+        if p is not None:
+            role = c.roles.get(p.role)
+            if role is not None:
+                who = f"ip:{ctx.client_ip}" if p.is_anonymous else f"{p.tenant}:{p.subject}"
+                tiers.append(TierCheck("user", f"u:{who}", role.interval, role.burst, cost, role.shadow))
+            if p.key_id is not None:
+                k = c.keys.get(p.key_id)
+                if k is not None:
+                    tiers.append(TierCheck("key", f"k:{p.key_id}", k.interval, k.burst, cost, k.shadow))
+        return tiers
+
+    def _slots(self, ctx: RequestContext, tenant: str, calls: bool) -> list[SlotCheck]:
+        stream = ctx.http_method == "GET"
+        if not (calls or stream):
+            return []
+        c = self._c
+        p = ctx.principal
+        out: list[SlotCheck] = []
+        kind = "calls" if calls else "streams"
+        tcaps = c.tenant_caps.get(tenant)
+        if tcaps is not None:
+            cap = tcaps.calls if calls else tcaps.streams
+            if cap:
+                out.append(SlotCheck(f"tenant_{kind}", f"c:t:{kind}:{tenant}", cap))
+        if p is not None and p.key_id is not None:
+            kcaps = c.key_caps.get(p.key_id)
+            if kcaps is not None:
+                cap = kcaps.calls if calls else kcaps.streams
+                if cap:
+                    out.append(SlotCheck(f"key_{kind}", f"c:k:{kind}:{p.key_id}", cap))
+        return out
+
+    async def __call__(self, ctx: RequestContext) -> None:
+        c = self._c
+        cost, calls = request_cost(ctx, c)
+        p = ctx.principal
+        tenant = (p.tenant if p is not None else None) or ANONYMOUS_TENANT
+        slots = self._slots(ctx, tenant, calls)
+        tiers = self._tiers(ctx, tenant, cost) if cost > 0 else []
+        if not tiers and not slots:
+            return
+        limiter = self._limiter
+        verdict = await limiter.backend.decide(tiers, slots, c.slot_ttl, c.fail_mode, c.fallback_share)
+        metrics = limiter.metrics
+        metrics.decided(verdict.allowed, verdict.backend)
+        ctx.cost = cost
+        ctx.notes["ratelimit_backend"] = verdict.backend
+        for shadow in verdict.shadow_refusals:
+            metrics.refused(shadow.name, True)
+            ctx.shadow.append(ShadowDecision(self.stage, f"rate_limited:{shadow.name}"))
+        if not verdict.allowed:
+            if verdict.slot_refused is not None:
+                slot = verdict.slot_refused
+                metrics.refused(slot.name, False)
+                ctx.notes["limit"] = slot.name
+                raise ConcurrencyLimited(
+                    f"too many concurrent {'tool calls' if calls else 'streams'} ({slot.name}, cap {slot.cap})",
+                    retry_after=1.0,
+                    data={"limit": slot.name, "cap": slot.cap},
+                )
+            refused = verdict.refused_by
+            assert refused is not None
+            metrics.refused(refused.name, False)
+            ctx.notes["limit"] = refused.name
+            raise RateLimited(
+                f"rate limit exceeded ({refused.name})",
+                retry_after=refused.retry_after,
+                headers=limit_headers(verdict.tiers, refused),
+                data={"limit": refused.name},
+            )
+        if verdict.tiers:
+            ctx.response_headers.update(limit_headers(verdict.tiers))
+        hold = verdict.hold
+        if hold is not None:
+            ctx.releases.append(_releaser(limiter, hold))
+
+
+def _releaser(limiter: RateLimiter, hold: SlotHold) -> object:
+    def release() -> None:
+        limiter.backend.release(hold)
+
+    return release
+
+
+class PassThrough:
     stage = "ratelimit"
 
     async def __call__(self, ctx: RequestContext) -> None:
         return None
 
 
-def build(snapshot: Snapshot, app: web.Application) -> RateLimitFilter:
-    return RateLimitFilter()
+def build(snapshot: Snapshot, app: web.Application) -> RateLimitFilter | PassThrough:
+    limiter = app.get(LIMITER)
+    if limiter is None:
+        return PassThrough()
+    return RateLimitFilter(limiter.compiled(snapshot), limiter)

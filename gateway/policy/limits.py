@@ -1,4 +1,7 @@
-"""limits.yaml: rate-limit tiers, tenant fairness, costs, concurrency caps and IP protection."""
+"""limits.yaml: rate-limit tiers, tenant fairness, costs, concurrency caps and IP protection.
+
+Every field has a documented default; docs/rate-limits.md is the reference.
+"""
 
 from __future__ import annotations
 
@@ -18,26 +21,37 @@ def _default_tiers() -> dict[str, Rate]:
 
 
 class Costs(Model):
-    """What non-tool requests cost against the limits (0 = free)."""
+    """What non-tool requests cost against the limits (0 = free: not charged and never refused by a rate)."""
 
     initialize: NonNegInt = 0
     ping: NonNegInt = 0
     stream: NonNegInt = 0  # GET event streams
-    default: NonNegInt = 1  # every other request
+    default: NonNegInt = 1  # every other request; a `tools/call` without a `tool_costs` entry costs this too
 
 
 class Fairness(Model):
+    """Weighted max-min division of the global rate among the tenants active now."""
+
     enabled: bool = True
-    interval_seconds: PositiveFloat = 1.0
-    # a tenant counts as active for this long after its last request
+    # how often demand is exchanged and the shares recomputed
+    interval_seconds: PositiveFloat = Field(1.0, ge=0.1, le=60)
+    # a tenant counts as active for this long after its last request (sizes a newcomer's first share)
     active_window_seconds: PositiveFloat = 5.0
+    # satisfied tenants are allotted this much more than they asked for, so normal jitter in their load is not
+    # refused; the global tier keeps the hard ceiling
+    headroom: NonNegFloat = Field(0.2, le=4)
+    # burst of a tenant's fair-share tier, in seconds of its share (at least 1 request)
+    burst_seconds: PositiveFloat = 1.0
 
 
 class DdosPolicy(Model):
     enabled: bool = True
     strikes: PositiveInt = 20  # refusals / auth failures within the window earn a block
     window_seconds: PositiveFloat = 60.0
-    block_seconds: list[PositiveFloat] = Field(default_factory=lambda: [60.0, 300.0, 1800.0])
+    # block lengths for the 1st, 2nd, 3rd ... block of one IP (the last one repeats)
+    block_seconds: list[PositiveFloat] = Field(default_factory=lambda: [60.0, 300.0, 1800.0], min_length=1)
+    # an IP's block count is forgotten after this long without a new block
+    forget_seconds: PositiveFloat = 86400.0
     allowlist: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
 
 
@@ -47,11 +61,16 @@ class LimitsFile(Model):
     fail_mode: Literal["fallback", "open", "closed"] = "fallback"
     # share of global/tenant rates each replica takes when it falls back to its in-process store
     fallback_share: float = Field(1.0, gt=0, le=1)
+    # how often a replica in fallback checks whether Redis is back (in the background, never on a request)
+    probe_interval_seconds: PositiveFloat = Field(0.25, le=10)
+    # per client IP, enforced by each replica in process before parsing (flood guard; no Redis round trip)
     ip: Rate | None = None
     global_: Rate | None = Field(None, alias="global")
+    # a static per-tenant ceiling; with fairness on, the tenant's enforced rate is min(fair share, this)
     tenant_default: Rate | None = None
     tiers: dict[str, Rate] = Field(default_factory=_default_tiers)
     fairness: Fairness = Field(default_factory=Fairness)
     costs: Costs = Field(default_factory=Costs)
     ddos: DdosPolicy = Field(default_factory=DdosPolicy)
-    concurrency_slot_ttl_seconds: NonNegFloat = 300.0
+    # a concurrency slot not refreshed for this long is dropped (a crashed replica cannot leak slots)
+    concurrency_slot_ttl_seconds: NonNegFloat = Field(300.0, ge=1)

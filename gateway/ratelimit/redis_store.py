@@ -1,0 +1,111 @@
+"""The Redis store: every tier and slot of one request decided by one Lua script in one round trip (EVALSHA,
+reloaded on NOSCRIPT), on Redis's clock so replicas with skewed clocks still share one timeline."""
+
+from __future__ import annotations
+
+import itertools
+import uuid
+from collections.abc import Sequence
+from importlib import resources
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from gateway.ratelimit.gcra import SlotCheck, SlotHold, TierCheck, TierResult, Verdict, refusing_tier
+
+_US = 1_000_000.0
+
+
+def _script(name: str) -> str:
+    return resources.files("gateway.ratelimit").joinpath("lua", name).read_text()
+
+
+class LuaScript:
+    """A script run by EVALSHA; on NOSCRIPT (Redis restarted, SCRIPT FLUSH) it is loaded again and retried once."""
+
+    def __init__(self, client: aioredis.Redis, source: str) -> None:
+        import hashlib
+
+        self._client = client
+        self.source = source
+        self.sha = hashlib.sha1(source.encode()).hexdigest()
+
+    async def __call__(self, keys: Sequence[str], args: Sequence[str | int | float]) -> object:
+        try:
+            return await self._client.evalsha(self.sha, len(keys), *keys, *args)
+        except NoScriptError:
+            self.sha = await self._client.script_load(self.source)
+            return await self._client.evalsha(self.sha, len(keys), *keys, *args)
+
+
+class RedisLimiterStore:
+    name = "redis"
+
+    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+        self._client = client
+        self._prefix = f"{prefix}rl:"
+        self._decide = LuaScript(client, _script("decide.lua"))
+        self._refresh = LuaScript(client, _script("refresh.lua"))
+        # slot members are unique across replicas: a random replica id and a counter
+        self._replica = uuid.uuid4().hex[:12]
+        self._ids = itertools.count(1)
+
+    @property
+    def prefix(self) -> str:
+        return self._prefix
+
+    async def decide(self, tiers: Sequence[TierCheck], slots: Sequence[SlotCheck], slot_ttl: float) -> Verdict:
+        p = self._prefix
+        keys = [p + t.key for t in tiers]
+        keys.extend(p + s.key for s in slots)
+        member = f"{self._replica}:{next(self._ids)}" if slots else ""
+        args: list[str | int | float] = [len(tiers), len(slots), int(slot_ttl * _US), member]
+        for t in tiers:
+            args += [repr(t.interval * _US), repr(float(t.burst)), t.cost, "1" if t.shadow else "0"]
+        args.extend(s.cap for s in slots)
+        raw = await self._decide(keys, args)
+        assert isinstance(raw, list)
+        admitted = int(raw[0]) == 1
+        results: list[TierResult] = []
+        for i, t in enumerate(tiers):
+            o = 2 + i * 4
+            results.append(
+                TierResult(
+                    t.name,
+                    int(raw[o]) == 1,
+                    int(raw[o + 1]),
+                    int(raw[o + 2]) / _US,
+                    int(raw[o + 3]) / _US,
+                    t.burst,
+                    t.interval,
+                    t.shadow,
+                )
+            )
+        slot_idx = int(raw[1])
+        if not admitted:
+            slot_refused = slots[slot_idx - 1] if slot_idx > 0 else None
+            refused_by = None if slot_refused is not None else refusing_tier(results)
+            return Verdict(False, results, refused_by, slot_refused=slot_refused, backend=self.name)
+        hold = SlotHold(member, tuple(p + s.key for s in slots), self.name) if slots else None
+        return Verdict(True, results, None, hold=hold, backend=self.name)
+
+    async def release(self, hold: SlotHold) -> None:
+        async with self._client.pipeline(transaction=False) as pipe:
+            for key in hold.keys:
+                pipe.zrem(key, hold.member)
+            await pipe.execute()
+
+    async def refresh(self, holds: Sequence[SlotHold], slot_ttl: float) -> None:
+        keys: list[str] = []
+        members: list[str] = []
+        for hold in holds:
+            for key in hold.keys:
+                keys.append(key)
+                members.append(hold.member)
+        for i in range(0, len(keys), 500):
+            await self._refresh(keys[i : i + 500], [int(slot_ttl * _US), *members[i : i + 500]])
+
+    async def ping(self) -> None:
+        await self._client.ping()
+        # a restarted Redis has no scripts; loading here keeps the first request after recovery at one round trip
+        self._decide.sha = await self._client.script_load(self._decide.source)

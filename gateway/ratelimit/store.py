@@ -1,0 +1,106 @@
+"""The store protocol every limiter backend implements, and the in-process store (the embedded default and the
+fallback when Redis is unreachable)."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from collections.abc import Callable, Sequence
+from typing import Protocol
+
+from gateway.ratelimit.gcra import SlotCheck, SlotHold, TierCheck, Verdict, decide, refusing_tier
+
+
+class LimiterStore(Protocol):
+    name: str
+
+    async def decide(self, tiers: Sequence[TierCheck], slots: Sequence[SlotCheck], slot_ttl: float) -> Verdict:
+        """Decide every tier and take every slot atomically: all or nothing."""
+        ...
+
+    async def release(self, hold: SlotHold) -> None: ...
+
+
+class MemoryStore:
+    """GCRA state and concurrency slots in dicts. Same semantics as the Redis script, one process only.
+
+    Entries expire lazily: a sweep every `sweep_every` decisions drops TATs in the past (an idle key is the same
+    as a missing one) and expired slots, so memory stays bounded by the keys active within one burst window.
+    """
+
+    name = "memory"
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic, sweep_every: int = 4096) -> None:
+        self._clock = clock
+        self._tats: dict[str, float] = {}
+        self._slots: dict[str, dict[str, float]] = {}
+        self._ids = itertools.count(1)
+        self._ops = 0
+        self._sweep_every = sweep_every
+
+    def __len__(self) -> int:
+        return len(self._tats)
+
+    def decide_now(self, tiers: Sequence[TierCheck], slots: Sequence[SlotCheck], slot_ttl: float) -> Verdict:
+        now = self._clock()
+        self._ops += 1
+        if self._ops % self._sweep_every == 0:
+            self.sweep(now)
+        admitted, outcomes = decide(tiers, [self._tats.get(t.key) for t in tiers], now)
+        results = [o.result for o in outcomes]
+        if not admitted:
+            return Verdict(False, results, refusing_tier(results), backend=self.name)
+        for slot in slots:
+            held = self._slots.get(slot.key)
+            if held:
+                for member in [m for m, exp in held.items() if exp <= now]:
+                    del held[member]
+                if len(held) >= slot.cap:
+                    return Verdict(False, results, None, slot_refused=slot, backend=self.name)
+        for check, outcome in zip(tiers, outcomes, strict=True):
+            if outcome.new_tat is not None:
+                self._tats[check.key] = outcome.new_tat
+        hold = None
+        if slots:
+            member = f"m{next(self._ids)}"
+            for slot in slots:
+                self._slots.setdefault(slot.key, {})[member] = now + slot_ttl
+            hold = SlotHold(member, tuple(s.key for s in slots), self.name)
+        return Verdict(True, results, None, hold=hold, backend=self.name)
+
+    async def decide(self, tiers: Sequence[TierCheck], slots: Sequence[SlotCheck], slot_ttl: float) -> Verdict:
+        return self.decide_now(tiers, slots, slot_ttl)
+
+    def release_now(self, hold: SlotHold) -> None:
+        for key in hold.keys:
+            held = self._slots.get(key)
+            if held is not None:
+                held.pop(hold.member, None)
+                if not held:
+                    del self._slots[key]
+
+    async def release(self, hold: SlotHold) -> None:
+        self.release_now(hold)
+
+    def refresh(self, holds: Sequence[SlotHold], slot_ttl: float) -> None:
+        expiry = self._clock() + slot_ttl
+        for hold in holds:
+            for key in hold.keys:
+                held = self._slots.get(key)
+                if held is not None and hold.member in held:
+                    held[hold.member] = expiry
+
+    def in_use(self, key: str) -> int:
+        now = self._clock()
+        return sum(1 for exp in self._slots.get(key, {}).values() if exp > now)
+
+    def sweep(self, now: float | None = None) -> None:
+        now = self._clock() if now is None else now
+        for key in [k for k, tat in self._tats.items() if tat <= now]:
+            del self._tats[key]
+        for key in list(self._slots):
+            held = self._slots[key]
+            for member in [m for m, exp in held.items() if exp <= now]:
+                del held[member]
+            if not held:
+                del self._slots[key]
