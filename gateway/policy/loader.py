@@ -36,14 +36,60 @@ class PolicyError(Exception):
         super().__init__("; ".join(str(p) for p in problems))
 
 
-def _loc_to_path(loc: tuple[int | str, ...]) -> str:
+def _loc_to_path(loc: tuple[int | str, ...], data: Any = None) -> str:
+    """`("servers", "x", "upstreams", 0)` -> `servers.x.upstreams[0]`, walking the input alongside.
+
+    Pydantic adds the name of each union member it tried (`list[int]`, `literal['5xx']`) to `loc`; those are not
+    places in the file, so a string part that is not a key of the data at that point (and is not the last part, a
+    missing or unknown key) is left out.
+    """
     out = ""
-    for part in loc:
+    cur: Any = data
+    for i, part in enumerate(loc):
         if isinstance(part, int):
             out += f"[{part}]"
+            cur = cur[part] if isinstance(cur, list) and 0 <= part < len(cur) else None
+            continue
+        if isinstance(cur, dict) and part in cur:
+            cur = cur[part]
+        elif data is not None and (i < len(loc) - 1 or not isinstance(cur, dict)):
+            continue  # a union member's tag
         else:
-            out += f".{part}" if out else str(part)
+            cur = None
+        out += f".{part}" if out else str(part)
     return out
+
+
+def _message(err: Any) -> str:
+    msg = str(err["msg"])
+    # pydantic's prefix for a ValueError raised by a validator adds nothing for the reader
+    return msg.removeprefix("Value error, ")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate mapping keys: PyYAML keeps the last silently, so a server or tenant
+    defined twice would lose its first definition without a word."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        if key_node.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *anchor` keys may be overridden explicitly; that is what merging is for
+        key = loader.construct_object(key_node, deep=deep)
+        try:
+            duplicate = key in seen
+        except TypeError:  # an unhashable key; construct_mapping reports it
+            continue
+        if duplicate:
+            raise yaml.constructor.ConstructorError(
+                "while constructing a mapping", node.start_mark, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def _read_yaml(path: Path, problems: list[PolicyProblem]) -> Any:
@@ -53,7 +99,7 @@ def _read_yaml(path: Path, problems: list[PolicyProblem]) -> Any:
         problems.append(PolicyProblem(path.name, "", f"cannot read: {exc.strerror}"))
         return None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: plain data only
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -89,8 +135,14 @@ def _validate_files(directory: Path, problems: list[PolicyProblem]) -> tuple[dic
         try:
             parsed[name.removesuffix(".yaml")] = model.model_validate(data)
         except ValidationError as exc:
+            # one problem per place: the failed members of a union share a path and become one "a, or b"
+            by_path: dict[str, list[str]] = {}
             for err in exc.errors():
-                problems.append(PolicyProblem(name, _loc_to_path(err["loc"]), err["msg"]))
+                msgs = by_path.setdefault(_loc_to_path(err["loc"], data), [])
+                if _message(err) not in msgs:
+                    msgs.append(_message(err))
+            for where, msgs in by_path.items():
+                problems.append(PolicyProblem(name, where, ", or ".join(msgs)))
     return parsed, digest.digest()
 
 
