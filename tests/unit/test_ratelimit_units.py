@@ -1,0 +1,147 @@
+"""Pure pieces of the limiter: request costs, RateLimit headers, IP strikes and blocks, fair-share bookkeeping."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from gateway.auth.principal import Principal
+from gateway.context import RequestContext
+from gateway.filters.ratelimit import request_cost
+from gateway.jsonrpc import parse_message
+from gateway.policy.model import PolicySet
+from gateway.policy.snapshot import Snapshot
+from gateway.ratelimit.compiled import compile_limits
+from gateway.ratelimit.gcra import TierResult
+from gateway.ratelimit.headers import limit_headers
+from gateway.ratelimit.ipblock import DdosParams, IpBlocker, parse_allowlist
+from gateway.ratelimit.metrics import RateLimitMetrics
+from gateway.ratelimit.shares import FairParams, FairShares
+
+pytestmark = pytest.mark.unit
+
+
+def snapshot(limits: dict[str, Any], tool_costs: dict[str, int] | None = None) -> Snapshot:
+    policy = PolicySet.model_validate(
+        {
+            "servers": {"servers": {"s": {"upstreams": [{"url": "http://x"}], "tool_costs": tool_costs or {}}}},
+            "tenants": {"tenants": {"acme": {"weight": 2}}},
+            "limits": limits,
+        }
+    )
+    return Snapshot.build(policy, "v1", Path("."), time.time())
+
+
+def ctx_for(snap: Snapshot, body: Any, http_method: str = "POST") -> RequestContext:
+    ctx = RequestContext("r", snap, "s", snap.servers["s"], "10.0.0.1", "streamable-http", http_method)
+    if body is not None:
+        ctx.message = parse_message(orjson.dumps(body), "2025-03-26")
+    ctx.principal = Principal("acme", "key:k", key_id="k")
+    return ctx
+
+
+def req(method: str, rid: int = 1, **params: Any) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": rid, "method": method, "params": params}
+
+
+def test_only_requests_are_charged() -> None:
+    snap = snapshot({"costs": {"initialize": 0, "ping": 0, "default": 1}}, {"heavy": 5})
+    c = compile_limits(snap)
+    assert request_cost(ctx_for(snap, {"jsonrpc": "2.0", "method": "notifications/cancelled"}), c) == (0, False)
+    assert request_cost(ctx_for(snap, {"jsonrpc": "2.0", "id": 7, "result": {}}), c) == (0, False)
+    assert request_cost(ctx_for(snap, req("initialize")), c) == (0, False)
+    assert request_cost(ctx_for(snap, req("ping")), c) == (0, False)
+    assert request_cost(ctx_for(snap, req("tools/list")), c) == (1, False)
+    assert request_cost(ctx_for(snap, req("tools/call", name="heavy")), c) == (5, True)
+    assert request_cost(ctx_for(snap, req("tools/call", name="light")), c) == (1, True)
+    assert request_cost(ctx_for(snap, None, "GET"), c) == (0, False)
+    assert request_cost(ctx_for(snap, None, "DELETE"), c) == (0, False)
+    batch = [req("tools/call", 1, name="heavy"), req("tools/list", 2), {"jsonrpc": "2.0", "method": "notifications/x"}]
+    assert request_cost(ctx_for(snap, batch), c) == (6, True)
+
+
+def test_costs_from_policy() -> None:
+    snap = snapshot({"costs": {"initialize": 2, "ping": 1, "stream": 3}})
+    c = compile_limits(snap)
+    assert request_cost(ctx_for(snap, req("initialize")), c)[0] == 2
+    assert request_cost(ctx_for(snap, req("ping")), c)[0] == 1
+    assert request_cost(ctx_for(snap, None, "GET"), c)[0] == 3
+
+
+def test_headers() -> None:
+    results = [
+        TierResult("global", True, 90, 0.0, 1.0, 100, 0.6, False),
+        TierResult("tenant", True, 3, 0.0, 2.5, 20, 0.5, False),
+        TierResult("user", True, 0, 0.0, 9.0, 1, 1.0, True),  # shadow: not advertised
+    ]
+    h = limit_headers(results)
+    assert h["RateLimit-Policy"] == '"global";q=100;w=60, "tenant";q=20;w=10'
+    assert h["RateLimit"] == '"tenant";r=3;t=3'
+    refused = TierResult("tenant", False, 0, 1.2, 10.0, 20, 0.5, False)
+    h = limit_headers([results[0], refused], refused)
+    assert h["RateLimit"] == '"tenant";r=0;t=2'
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def ddos(strikes: int = 3, allow: tuple[str, ...] = ()) -> DdosParams:
+    return DdosParams(True, strikes, 60.0, (60.0, 300.0), 3600.0, parse_allowlist(allow))
+
+
+def test_strikes_block_and_escalate() -> None:
+    clock = Clock()
+    blocker = IpBlocker(RateLimitMetrics(CollectorRegistry()), clock=clock)
+    p = ddos()
+    for _ in range(2):
+        blocker.strike("1.2.3.4", p)
+    assert blocker.blocked_for("1.2.3.4") == 0
+    blocker.strike("1.2.3.4", p)
+    assert blocker.blocked_for("1.2.3.4") == pytest.approx(60)
+    clock.t += 61
+    assert blocker.blocked_for("1.2.3.4") == 0
+    for _ in range(3):
+        blocker.strike("1.2.3.4", p)
+    assert blocker.blocked_for("1.2.3.4") == pytest.approx(300)  # second block: the next length
+    assert blocker.blocked_for("5.6.7.8") == 0
+
+
+def test_strikes_outside_the_window_do_not_count() -> None:
+    clock = Clock()
+    blocker = IpBlocker(RateLimitMetrics(CollectorRegistry()), clock=clock)
+    p = ddos()
+    for _ in range(5):
+        blocker.strike("1.2.3.4", p)
+        clock.t += 31  # never three within 60 s
+    assert blocker.blocked_for("1.2.3.4") == 0
+
+
+def test_allowlisted_networks_are_never_blocked() -> None:
+    blocker = IpBlocker(RateLimitMetrics(CollectorRegistry()), clock=Clock())
+    p = ddos(allow=("10.0.0.0/8",))
+    for _ in range(10):
+        blocker.strike("10.1.2.3", p)
+    assert blocker.blocked_for("10.1.2.3") == 0
+
+
+def test_fair_shares_newcomer_and_recompute() -> None:
+    metrics = RateLimitMetrics(CollectorRegistry())
+    params = FairParams(capacity=30, interval=1.0, active_window=5.0, headroom=0.0, weights={"a": 1, "b": 1, "c": 1})
+    fair = FairShares(lambda: params, metrics, clock=lambda: 100.0)
+    assert fair.share("a") == pytest.approx(30)  # nobody active: the whole capacity
+    fair.recompute({"a": 100, "b": 3, "c": 10}, params, 100.0)
+    assert fair.share("b") == pytest.approx(3) and fair.share("a") == pytest.approx(17)
+    # a newcomer gets the share it would have beside the three active tenants
+    assert fair.share("d") == pytest.approx(30 / 4)
+    text = metrics.fair_share.collect()[0].samples
+    assert {s.labels["tenant"] for s in text} == {"a", "b", "c"}
