@@ -1,0 +1,261 @@
+"""Admin API: `GET /admin/audit` queries audit records of the caller's tenant.
+
+Tenant scoping is PostgreSQL's job, not this module's: every query runs in a read-only transaction that switches
+to the `mgw_audit_reader` role (no BYPASSRLS, not the owner; the table has FORCE ROW LEVEL SECURITY) and sets
+`app.tenant` to the caller's tenant, transaction-locally. Whatever filters a caller sends, the row-level security
+policy only lets rows of that tenant through. Pages are keyset-paginated on (ts, id), newest first.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+import structlog
+from aiohttp import web
+
+from gateway.audit.record import FIELDS, JSON_FIELDS, AuditEvent, ts_from_datetime
+from gateway.errors import GatewayError, InvalidRequest, ServiceUnavailable
+from gateway.settings import Settings
+
+log = structlog.get_logger("gateway.admin.audit")
+
+READER_ROLE = "mgw_audit_reader"
+MAX_LIMIT = 1000
+DEFAULT_LIMIT = 100
+DECISIONS = frozenset({"allowed", "refused", "error", "cancelled"})
+# record columns returned by the API (the chain fields stay: they let a client spot-check a record)
+API_COLUMNS = ", ".join(FIELDS)
+
+
+class AuditReader:
+    """A small asyncpg pool on the reader DSN; created empty, so PostgreSQL being down never blocks startup."""
+
+    def __init__(self, dsn: str, pool_size: int) -> None:
+        self._dsn = dsn
+        self._pool_size = pool_size
+        self._pool: asyncpg.Pool | None = None
+
+    async def start(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self._dsn, min_size=0, max_size=self._pool_size, timeout=5, command_timeout=15
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+    async def fetch(self, tenant: str, sql: str, params: list[Any]) -> list[asyncpg.Record]:
+        assert self._pool is not None
+        async with self._pool.acquire() as conn, conn.transaction(readonly=True):
+            # both settings are transaction-local: a pooled connection never carries a tenant or role onwards
+            await conn.execute(f"SET LOCAL ROLE {READER_ROLE}")
+            await conn.execute("SELECT set_config('app.tenant', $1, true)", tenant)
+            rows: list[asyncpg.Record] = await conn.fetch(sql, *params)
+            return rows
+
+
+AUDIT_READER: web.AppKey[AuditReader] = web.AppKey("audit_reader", AuditReader)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditQuery:
+    start: datetime | None = None
+    end: datetime | None = None
+    server: str | None = None
+    method: str | None = None
+    decision: str | None = None
+    stage: str | None = None
+    request_id: str | None = None
+    limit: int = DEFAULT_LIMIT
+    cursor: tuple[datetime, uuid.UUID] | None = None
+
+    def sql(self) -> tuple[str, list[Any]]:
+        where: list[str] = []
+        params: list[Any] = []
+
+        def add(cond: str, value: Any) -> None:
+            params.append(value)
+            where.append(cond.format(f"${len(params)}"))
+
+        if self.start is not None:
+            add("ts >= {}", self.start)
+        if self.end is not None:
+            add("ts < {}", self.end)
+        if self.server is not None:
+            add("server = {}", self.server)
+        if self.method is not None:
+            add("rpc_method = {}", self.method)
+        if self.decision is not None:
+            add("decision = {}", self.decision)
+        if self.stage is not None:
+            add("stage = {}", self.stage)
+        if self.request_id is not None:
+            add("request_id = {}", self.request_id)
+        if self.cursor is not None:
+            params.extend(self.cursor)
+            where.append(f"(ts, id) < (${len(params) - 1}, ${len(params)})")
+        params.append(self.limit + 1)
+        clause = f"WHERE {' AND '.join(where)} " if where else ""
+        sql = f"SELECT {API_COLUMNS} FROM audit_records {clause}ORDER BY ts DESC, id DESC LIMIT ${len(params)}"
+        return sql, params
+
+
+def _parse_time(name: str, value: str) -> datetime:
+    try:
+        if value.replace(".", "", 1).isdigit():
+            return datetime.fromtimestamp(float(value), UTC)
+        dt = datetime.fromisoformat(value)
+    except (ValueError, OverflowError):
+        raise InvalidRequest(f"{name} must be ISO 8601 or Unix seconds", reason="bad_query") from None
+    return dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)
+
+
+def encode_cursor(ts: datetime, rec_id: uuid.UUID) -> str:
+    raw = orjson.dumps([ts_from_datetime(ts), str(rec_id)])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(value: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+        ts, rec_id = orjson.loads(raw)
+        return datetime.fromisoformat(ts), uuid.UUID(rec_id)
+    except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
+        raise InvalidRequest("cursor is not valid", reason="bad_cursor") from None
+
+
+def parse_query(q: Any) -> AuditQuery:
+    def opt(name: str, max_len: int = 256) -> str | None:
+        v = q.get(name)
+        if v is None or v == "":
+            return None
+        if len(v) > max_len or "\x00" in v:
+            raise InvalidRequest(f"{name} is too long or not text", reason="bad_query")
+        return str(v)
+
+    decision = opt("decision")
+    if decision is not None and decision not in DECISIONS:
+        raise InvalidRequest(f"decision must be one of {sorted(DECISIONS)}", reason="bad_query")
+    limit_s = opt("limit", 8)
+    try:
+        limit = DEFAULT_LIMIT if limit_s is None else int(limit_s)
+    except ValueError:
+        raise InvalidRequest("limit must be an integer", reason="bad_query") from None
+    if not 1 <= limit <= MAX_LIMIT:
+        raise InvalidRequest(f"limit must be 1..{MAX_LIMIT}", reason="bad_query")
+    start = opt("from", 64)
+    end = opt("to", 64)
+    cursor = opt("cursor", 512)
+    return AuditQuery(
+        start=None if start is None else _parse_time("from", start),
+        end=None if end is None else _parse_time("to", end),
+        server=opt("server"),
+        method=opt("method"),
+        decision=decision,
+        stage=opt("stage", 64),
+        request_id=opt("request_id", 128),
+        limit=limit,
+        cursor=None if cursor is None else _decode_cursor(cursor),
+    )
+
+
+def row_to_json(row: asyncpg.Record) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name in FIELDS:
+        v = row[name]
+        if isinstance(v, datetime):
+            v = ts_from_datetime(v)
+        elif isinstance(v, uuid.UUID):
+            v = str(v)
+        elif name in JSON_FIELDS and isinstance(v, str):
+            v = orjson.loads(v)
+        out[name] = v
+    return out
+
+
+async def audit_query_handler(request: web.Request) -> web.Response:
+    from gateway.admin.auth import admin_error, require_admin
+    from gateway.audit.install import AUDIT
+
+    started = time.time()
+    t0 = time.perf_counter()
+    event = AuditEvent(
+        ts_us=0,
+        started_us=int(started * 1_000_000),
+        request_id=request.headers.get("X-Request-ID") or uuid.uuid4().hex,
+        server="_admin",
+        transport="admin",
+        http_method=request.method,
+        client_ip=request.remote or "",
+        rpc_method="admin/audit.query",
+        admin=True,
+    )
+    try:
+        try:
+            principal = await require_admin(request)
+        except GatewayError as err:
+            event.refused_stage, event.refused_reason = err.stage or "authn", err.reason
+            event.http_status, event.rpc_error_code = err.status, err.code
+            return admin_error(err)
+        event.tenant, event.principal = principal.tenant, principal.subject
+        event.key_id, event.auth_method = principal.key_id, principal.method
+        try:
+            response = await _answer(request, principal.tenant)
+        except GatewayError as err:
+            event.refused_stage, event.refused_reason = err.stage or "admin", err.reason
+            event.http_status, event.rpc_error_code = err.status, err.code
+            return admin_error(err)
+        event.http_status = response.status
+        event.bytes_out = len(response.body) if isinstance(response.body, bytes) else 0
+        return response
+    finally:
+        event.latency_s = time.perf_counter() - t0
+        event.ts_us = int(time.time() * 1_000_000)
+        request.app[AUDIT].enqueue(event)
+
+
+async def _answer(request: web.Request, tenant: str | None) -> web.Response:
+    reader = request.app.get(AUDIT_READER)
+    if reader is None:
+        raise ServiceUnavailable(
+            "audit queries need PostgreSQL (postgres.dsn or postgres.reader_dsn)",
+            reason="audit_store_unconfigured",
+            retry_after=60,
+        )
+    if tenant is None:
+        raise InvalidRequest("the admin credential has no tenant to scope the audit query", reason="tenant_required")
+    query = parse_query(request.query)
+    sql, params = query.sql()
+    try:
+        rows = await reader.fetch(tenant, sql, params)
+    except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        log.warning("audit query failed", error=type(exc).__name__)
+        raise ServiceUnavailable("audit store unavailable", reason="audit_store_unavailable", retry_after=5) from None
+    page = rows[: query.limit]
+    next_cursor = encode_cursor(page[-1]["ts"], page[-1]["id"]) if len(rows) > query.limit else None
+    body = {"records": [row_to_json(r) for r in page], "next_cursor": next_cursor, "tenant": tenant}
+    return web.Response(body=orjson.dumps(body), content_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+def install_routes(app: web.Application, settings: Settings) -> None:
+    dsn = settings.postgres.reader_dsn or settings.postgres.dsn
+    if dsn is not None:
+        reader = AuditReader(dsn, settings.postgres.pool_size)
+        app[AUDIT_READER] = reader
+
+        async def lifecycle(_: web.Application) -> AsyncIterator[None]:
+            await reader.start()
+            yield
+            await reader.close()
+
+        app.cleanup_ctx.append(lifecycle)
+    app.router.add_get("/admin/audit", audit_query_handler)

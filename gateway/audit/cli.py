@@ -1,0 +1,55 @@
+"""`mcp-gateway audit verify --file PATH | --dsn DSN`: check the hash chains; exit 1 on any problem."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+
+from gateway.audit.hashchain import VerifyReport
+
+
+def _print(report: VerifyReport, source: str) -> int:
+    for problem in report.problems:
+        print(f"FAIL {problem}")
+    status = "ok" if report.ok else f"{len(report.problems)} problem(s)"
+    print(f"{source}: {report.records} record(s) from {report.writers} writer(s): {status}")
+    return 0 if report.ok else 1
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from gateway.audit.verify import verify_file, verify_postgres
+
+    if args.file:
+        try:
+            report = verify_file(args.file)
+        except OSError as exc:
+            print(f"error: {args.file}: {exc.strerror}", file=sys.stderr)
+            return 2
+        return _print(report, args.file)
+    dsn = args.dsn or os.environ.get("MGW_POSTGRES_DSN")
+    if not dsn:
+        print("error: give --file or --dsn (or set MGW_POSTGRES_DSN)", file=sys.stderr)
+        return 2
+    try:
+        report = asyncio.run(verify_postgres(dsn))
+    except (OSError, TimeoutError) as exc:
+        print(f"error: cannot reach PostgreSQL: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # asyncpg errors: missing table, permission denied ...
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+    return _print(report, "postgresql")
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p_audit = sub.add_parser("audit", help="audit trail tools")
+    audit_sub = p_audit.add_subparsers(dest="audit_command", required=True)
+    p_verify = audit_sub.add_parser(
+        "verify", help="check the tamper-evident hash chains (exit 0 = intact, 1 = altered, removed or reordered)"
+    )
+    src = p_verify.add_mutually_exclusive_group()
+    src.add_argument("--file", help="a JSONL audit file (audit.sink: file)")
+    src.add_argument("--dsn", help="PostgreSQL DSN of a role that reads every row (default: MGW_POSTGRES_DSN)")
+    p_verify.set_defaults(func=_cmd_verify)

@@ -1,0 +1,55 @@
+"""Append-only JSONL files: the embedded sink and the spool both use these (always from a worker thread)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+
+def encode_lines(records: list[dict[str, Any]]) -> bytes:
+    return b"".join(orjson.dumps(r) + b"\n" for r in records)
+
+
+def append_synced(path: Path, data: bytes) -> int:
+    """Append `data` and fsync before returning; the new size of the file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+        os.fsync(fd)
+        return os.fstat(fd).st_size
+    finally:
+        os.close(fd)
+
+
+def read_chunk(path: Path, offset: int, max_lines: int) -> tuple[list[dict[str, Any]], int, int]:
+    """Up to `max_lines` records from `offset`: (records, next offset, unreadable lines skipped).
+
+    A torn last line (the process died mid-write) is skipped, not fatal: every complete line before it counts.
+    """
+    records: list[dict[str, Any]] = []
+    bad = 0
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        while len(records) < max_lines:
+            line = fh.readline()
+            if not line:
+                break
+            if not line.strip():
+                continue
+            try:
+                obj = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                bad += 1
+                continue
+            if isinstance(obj, dict):
+                records.append(obj)
+            else:
+                bad += 1
+        return records, fh.tell(), bad

@@ -1,0 +1,222 @@
+"""AuditPipeline: the chain observer that records every operation without ever making a request wait.
+
+    request path          observe(ctx) -> capture -> deque.append        (synchronous, O(1), never awaits)
+    writer task           batch -> build + sanitize + seal (hash chain) -> structured log
+                          -> sink (PostgreSQL COPY / JSONL file); sink down -> spool (fsync) -> replay later
+
+The queue is bounded: when it is full the record is dropped and counted (`records_dropped_total{reason=
+"queue_full"}`), because blocking a request on audit is the one thing the design rules out. With the default
+100 000 slots that only happens if the sink and the spool disk are both slower than the request rate for a while.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import deque
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from gateway.audit.hashchain import HashChain
+from gateway.audit.metrics import AuditMetrics
+from gateway.audit.record import AuditEvent, RiskRules, build_record, capture
+from gateway.audit.sanitize import SanitizeLimits
+from gateway.audit.sinks import AuditSink
+from gateway.audit.spool import AuditSpool
+
+if TYPE_CHECKING:
+    from gateway.context import RequestContext
+    from gateway.settings import AuditSettings
+
+log = structlog.get_logger("gateway.audit")
+
+
+class AuditPipeline:
+    def __init__(
+        self,
+        settings: AuditSettings,
+        metrics: AuditMetrics,
+        sink: AuditSink | None,
+        spool_path: Path,
+        *,
+        chain: HashChain | None = None,
+    ) -> None:
+        self._settings = settings
+        self._metrics = metrics
+        self._sink = sink
+        self._spool = AuditSpool(spool_path)
+        self._chain = chain or HashChain()
+        self._risk = RiskRules(settings.risk)
+        self._limits = SanitizeLimits(max_string=settings.max_value_length)
+        self._queue: deque[AuditEvent] = deque()
+        self._maxsize = settings.queue_size
+        self._batch = settings.batch_size
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._sink_up = False
+        self._next_attempt = 0.0
+        self._next_maintenance = 0.0
+        self._log_records = settings.log_records
+        metrics.queue_depth.set_function(lambda: len(self._queue))
+        metrics.spool_bytes.set_function(self._spool.size_bytes)
+        self._written = metrics.written.labels(sink.name if sink is not None else "log")
+        self._sink_errors = metrics.sink_errors.labels(sink.name if sink is not None else "log")
+
+    @property
+    def writer_id(self) -> str:
+        return self._chain.writer_id
+
+    @property
+    def sink_up(self) -> bool:
+        return self._sink_up
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    # ------------------------------------------------------------------ request path (synchronous)
+
+    def observe(self, ctx: RequestContext) -> None:
+        """Chain observer hook: capture and enqueue. Never awaits, never blocks."""
+        self.enqueue(capture(ctx))
+
+    def enqueue(self, event: AuditEvent) -> bool:
+        if len(self._queue) >= self._maxsize:
+            self._metrics.dropped_queue_full.inc()
+            return False
+        self._queue.append(event)
+        if len(self._queue) >= self._batch:
+            self._wakeup.set()
+        return True
+
+    # ------------------------------------------------------------------ writer task
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="audit-writer")
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Flush everything queued (to the sink, or to the spool if the sink is down), then close the sink."""
+        self._closing = True
+        self._wakeup.set()
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            except TimeoutError:
+                log.error("audit writer did not finish in time; spooling the rest", queued=len(self._queue))
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+                self._sink_up = False
+                await self._drain()
+        if self._sink is not None:
+            await self._sink.close()
+
+    async def _run(self) -> None:
+        interval = self._settings.flush_interval
+        # a spool left by an earlier run (PostgreSQL was down when it stopped) is replayed first
+        await self._try_recover()
+        while True:
+            if not self._queue and not self._closing:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wakeup.wait(), interval)
+                self._wakeup.clear()
+            if self._closing:
+                await self._drain()
+                if self._sink is not None and self._sink_up and self._spool.pending():
+                    await self._try_recover()
+                return
+            await self._flush_once()
+            if self._sink is not None:
+                await self._try_recover()
+                await self._maybe_maintain()
+
+    async def _drain(self) -> None:
+        while self._queue:
+            await self._flush_once()
+
+    async def _flush_once(self) -> None:
+        n = min(len(self._queue), self._batch)
+        if n == 0:
+            return
+        events = [self._queue.popleft() for _ in range(n)]
+        records = self._seal(events)
+        await self._deliver(records)
+
+    def _seal(self, events: list[AuditEvent]) -> list[dict[str, Any]]:
+        chain = self._chain
+        out = []
+        for ev in events:
+            ts = max(ev.ts_us, chain.last_ts_us)
+            chain.last_ts_us = ts
+            out.append(chain.seal(build_record(ev, ts, self._risk, self._limits)))
+        if self._log_records:
+            for rec in out:
+                log.info("audit", **rec)
+        return out
+
+    async def _deliver(self, records: list[dict[str, Any]]) -> None:
+        sink = self._sink
+        if sink is None:
+            self._written.inc(len(records))
+            return
+        if self._sink_up:
+            try:
+                await sink.write(records)
+            except Exception as exc:
+                self._mark_down(exc)
+            else:
+                self._written.inc(len(records))
+                return
+        try:
+            await self._spool.append(records)
+        except Exception as exc:
+            self._metrics.dropped_spool.inc(len(records))
+            log.error("audit spool write failed; records lost", error=str(exc), records=len(records))
+        else:
+            self._metrics.spooled.inc(len(records))
+
+    def _mark_down(self, exc: BaseException) -> None:
+        if self._sink_up:
+            log.warning(
+                "audit sink unavailable; spooling", sink=self._sink.name if self._sink else None, error=str(exc)
+            )
+        self._sink_up = False
+        self._metrics.sink_up.set(0)
+        self._sink_errors.inc()
+        self._next_attempt = time.monotonic() + self._settings.reconnect_interval
+
+    async def _try_recover(self) -> None:
+        """Reconnect a down sink (at most once per reconnect interval) and replay the spool into it."""
+        sink = self._sink
+        if sink is None or (self._sink_up and not self._spool.pending()):
+            return
+        if not self._sink_up and time.monotonic() < self._next_attempt and not self._closing:
+            return
+        try:
+            await sink.connect()
+            was_down = not self._sink_up
+            self._sink_up = True
+            self._metrics.sink_up.set(1)
+            if was_down:
+                log.info("audit sink available", sink=sink.name)
+            if self._spool.pending():
+                await self._spool.replay(sink.write, self._batch, self._metrics.replayed.inc)
+        except Exception as exc:
+            self._mark_down(exc)
+
+    async def _maybe_maintain(self) -> None:
+        if self._sink is None or not self._sink_up or time.monotonic() < self._next_maintenance:
+            return
+        self._next_maintenance = time.monotonic() + self._settings.retention_interval_seconds
+        try:
+            dropped = await self._sink.maintain()
+        except Exception as exc:
+            self._mark_down(exc)
+            return
+        if dropped:
+            self._metrics.partitions_dropped.inc(dropped)
+            log.info("audit retention dropped partitions", count=dropped)

@@ -1,0 +1,170 @@
+"""PostgreSQL sink: batched binary COPY into a staging table, then an idempotent insert into `audit_records`.
+
+Why a staging table: COPY cannot skip rows that already exist, and a replay of the spool resends records that may
+have reached the table before the connection broke. `INSERT ... SELECT ... ON CONFLICT DO NOTHING` from the
+(temporary, per-connection) staging table makes every write idempotent on the record's primary key (id, ts). The
+chain heads (`audit_chain_heads`) move in the same transaction, so `audit verify` sees rows and heads agree.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import asyncpg
+import orjson
+
+from gateway.audit.record import FIELDS, JSON_FIELDS, TIME_FIELDS
+
+# PostgreSQL type of every record field (must agree with gateway/db/migrations/002_audit_records.sql)
+COLUMN_TYPES: dict[str, str] = {
+    "id": "uuid",
+    "ts": "timestamptz",
+    "started_at": "timestamptz",
+    "http_status": "integer",
+    "rpc_error_code": "integer",
+    "upstream_status": "integer",
+    "latency_ms": "double precision",
+    "upstream_latency_ms": "double precision",
+    "bytes_in": "bigint",
+    "bytes_out": "bigint",
+    "shadow": "jsonb",
+    "arguments": "jsonb",
+    "notes": "jsonb",
+    "seq": "bigint",
+}
+COLUMNS = ", ".join(FIELDS)
+STAGE_DDL = (
+    "CREATE TEMP TABLE IF NOT EXISTS audit_stage ("
+    + ", ".join(f"{f} {COLUMN_TYPES.get(f, 'text')}" for f in FIELDS)
+    + ") ON COMMIT DELETE ROWS"
+)
+INSERT_SQL = f"INSERT INTO audit_records ({COLUMNS}) SELECT {COLUMNS} FROM audit_stage ON CONFLICT DO NOTHING"
+HEADS_SQL = """
+INSERT INTO audit_chain_heads AS h (writer_id, last_seq, last_hash, updated_at)
+SELECT DISTINCT ON (writer_id) writer_id, seq, hash, now() FROM audit_stage ORDER BY writer_id, seq DESC
+ON CONFLICT (writer_id) DO UPDATE SET last_seq = EXCLUDED.last_seq, last_hash = EXCLUDED.last_hash,
+    updated_at = EXCLUDED.updated_at
+WHERE h.last_seq < EXCLUDED.last_seq
+"""
+
+
+def _ts(value: str) -> datetime:
+    return datetime.fromisoformat(value).astimezone(UTC)
+
+
+def to_row(rec: dict[str, Any]) -> tuple[Any, ...]:
+    row: list[Any] = []
+    for f in FIELDS:
+        v = rec.get(f)
+        if v is None:
+            row.append(None)
+        elif f in TIME_FIELDS:
+            row.append(_ts(v))
+        elif f in JSON_FIELDS:
+            row.append(orjson.dumps(v).decode())
+        elif f == "id":
+            row.append(uuid.UUID(v))
+        else:
+            row.append(v)
+    return tuple(row)
+
+
+def record_days(records: list[dict[str, Any]]) -> set[date]:
+    return {_ts(r["ts"]).date() for r in records}
+
+
+class PostgresSink:
+    name = "postgres"
+
+    def __init__(
+        self,
+        dsn: str,
+        *,
+        partitions_ahead_days: int = 3,
+        retention_days: int = 30,
+        connect_timeout: float = 5.0,
+        command_timeout: float = 30.0,
+    ) -> None:
+        self._dsn = dsn
+        self._ahead = partitions_ahead_days
+        self._retention_days = retention_days
+        self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
+        self._conn: asyncpg.Connection | None = None
+        self._known_days: set[date] = set()
+
+    async def connect(self) -> None:
+        if self._conn is not None and not self._conn.is_closed():
+            return
+        self._known_days.clear()
+        conn = await asyncpg.connect(
+            self._dsn,
+            timeout=self._connect_timeout,
+            command_timeout=self._command_timeout,
+            server_settings={"application_name": "mcp-gateway-audit"},
+        )
+        try:
+            await conn.execute(STAGE_DDL)
+            today = datetime.now(UTC).date()
+            await self._ensure_partitions(conn, today, today + timedelta(days=self._ahead))
+        except BaseException:
+            conn.terminate()
+            raise
+        self._conn = conn
+
+    async def _ensure_partitions(self, conn: asyncpg.Connection, first: date, last: date) -> None:
+        await conn.execute("SELECT audit_ensure_partitions($1::date, $2::date)", first, last)
+        day = first
+        while day <= last:
+            self._known_days.add(day)
+            day += timedelta(days=1)
+
+    async def write(self, records: list[dict[str, Any]]) -> None:
+        if not records:
+            return
+        await self.connect()
+        conn = self._conn
+        assert conn is not None
+        try:
+            missing = record_days(records) - self._known_days
+            if missing:
+                await self._ensure_partitions(conn, min(missing), max(missing))
+            rows = [to_row(r) for r in records]
+            async with conn.transaction():
+                await conn.copy_records_to_table("audit_stage", records=rows, columns=list(FIELDS))
+                await conn.execute(INSERT_SQL)
+                await conn.execute(HEADS_SQL)
+        except BaseException:
+            await self._drop_connection()
+            raise
+
+    async def maintain(self) -> int:
+        """Create partitions ahead and drop those older than the retention policy."""
+        await self.connect()
+        conn = self._conn
+        assert conn is not None
+        try:
+            today = datetime.now(UTC).date()
+            await self._ensure_partitions(conn, today, today + timedelta(days=self._ahead))
+            dropped = await conn.fetch(
+                "SELECT audit_drop_partitions_before($1::date) AS name", today - timedelta(days=self._retention_days)
+            )
+        except BaseException:
+            await self._drop_connection()
+            raise
+        return len(dropped)
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.terminate()
+
+    async def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                await conn.close(timeout=5)
+            except Exception:
+                conn.terminate()

@@ -1,0 +1,272 @@
+"""The audit record: its fields, the cheap capture at the end of a request, and the full build in the writer.
+
+Capture (`capture`) runs on the request path inside the chain's `finally`: it only copies references out of the
+RequestContext into a slotted `AuditEvent`. Everything that costs something (sanitizing arguments, hashing the
+session id, formatting times, computing the risk level) happens later in the writer task (`build_record`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import time
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from gateway.audit.sanitize import SanitizeLimits, clean_text, redact_text, sanitize
+from gateway.auth.scopes import required_scope
+
+if TYPE_CHECKING:
+    from gateway.context import RequestContext
+    from gateway.settings import AuditRiskRules
+
+# Column order of the record everywhere: JSONL keys, PostgreSQL columns, COPY rows, hash input.
+FIELDS: tuple[str, ...] = (
+    "id",
+    "ts",
+    "started_at",
+    "request_id",
+    "tenant",
+    "principal",
+    "key_id",
+    "auth_method",
+    "client_ip",
+    "server",
+    "upstream",
+    "transport",
+    "http_method",
+    "session_hash",
+    "rpc_method",
+    "rpc_id",
+    "tool",
+    "resource_uri",
+    "decision",
+    "stage",
+    "reason",
+    "http_status",
+    "rpc_error_code",
+    "upstream_status",
+    "latency_ms",
+    "upstream_latency_ms",
+    "bytes_in",
+    "bytes_out",
+    "risk",
+    "shadow",
+    "arguments",
+    "notes",
+    "writer_id",
+    "seq",
+    "prev_hash",
+    "hash",
+)
+TIME_FIELDS = frozenset({"ts", "started_at"})
+JSON_FIELDS = frozenset({"shadow", "arguments", "notes"})
+
+RISK_ORDER = {"low": 0, "medium": 1, "high": 2, "critical": 3}
+AUTH_STAGES = frozenset({"authn", "client_guard"})
+FORWARD_STAGE = "forward"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def format_ts(us: int) -> str:
+    """Microseconds since the epoch -> `2026-11-25T23:59:59.123456Z` (the canonical form the hash covers)."""
+    return (EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def parse_ts(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def ts_from_datetime(dt: datetime) -> str:
+    return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass(slots=True)
+class AuditEvent:
+    """Raw facts about one finished operation, copied out of the RequestContext without any processing."""
+
+    ts_us: int
+    started_us: int
+    request_id: str
+    server: str
+    transport: str
+    http_method: str
+    client_ip: str
+    tenant: str | None = None
+    principal: str | None = None
+    key_id: str | None = None
+    auth_method: str | None = None
+    upstream: str | None = None
+    session_id: str | None = None
+    rpc_method: str | None = None
+    rpc_id: Any = None
+    tool: str | None = None
+    resource_uri: str | None = None
+    refused_stage: str | None = None
+    refused_reason: str | None = None
+    http_status: int | None = None
+    rpc_error_code: int | None = None
+    upstream_status: int | None = None
+    latency_s: float | None = None
+    upstream_latency_s: float | None = None
+    bytes_in: int = 0
+    bytes_out: int = 0
+    shadow: tuple[tuple[str, str], ...] = ()
+    arguments: Any = None
+    notes: dict[str, Any] | None = None
+    admin: bool = False
+
+
+def capture(ctx: RequestContext) -> AuditEvent:
+    """Copy what the record needs out of `ctx`. Synchronous and allocation-light: it runs on the request path."""
+    now_us = int(time.time() * 1_000_000)
+    principal = ctx.principal
+    envs = ctx.envelopes
+    env = envs[0] if len(envs) == 1 else None
+    server = ctx.server
+    arguments = None
+    if env is not None and server is not None and server.audit_arguments and env.params is not None:
+        arguments = env.params.get("arguments") if env.method == "tools/call" else env.params
+    return AuditEvent(
+        ts_us=now_us,
+        started_us=int(ctx.started_wall * 1_000_000),
+        request_id=ctx.request_id,
+        server=ctx.server_name,
+        transport=ctx.transport,
+        http_method=ctx.http_method,
+        client_ip=ctx.client_ip,
+        tenant=principal.tenant if principal is not None else None,
+        principal=principal.subject if principal is not None else None,
+        key_id=principal.key_id if principal is not None else None,
+        auth_method=principal.method if principal is not None else None,
+        upstream=ctx.upstream_url,
+        session_id=ctx.session_id,
+        rpc_method=("batch" if len(envs) > 1 else env.method if env is not None else None),
+        rpc_id=ctx.rpc_id,
+        tool=env.name if env is not None else None,
+        resource_uri=env.uri if env is not None else None,
+        refused_stage=ctx.refused_stage,
+        refused_reason=ctx.refused_reason,
+        http_status=ctx.http_status,
+        rpc_error_code=ctx.rpc_error_code,
+        upstream_status=ctx.upstream_status,
+        latency_s=ctx.elapsed(),
+        upstream_latency_s=ctx.upstream_latency,
+        bytes_in=ctx.bytes_in,
+        bytes_out=ctx.bytes_out,
+        shadow=tuple((s.stage, s.reason) for s in ctx.shadow) if ctx.shadow else (),
+        arguments=arguments,
+        notes=ctx.notes or None,
+    )
+
+
+def decision_of(ev: AuditEvent) -> str:
+    """allowed | refused (a chain stage said no) | error (the forward step failed) | cancelled (client left)."""
+    if ev.http_status == 499:
+        return "cancelled"
+    if ev.refused_stage is None:
+        return "allowed"
+    return "error" if ev.refused_stage == FORWARD_STAGE else "refused"
+
+
+def _max(a: str, b: str) -> str:
+    return a if RISK_ORDER[a] >= RISK_ORDER[b] else b
+
+
+class RiskRules:
+    """Compiled `audit.risk` settings: the level is the highest among the rules that match."""
+
+    def __init__(self, rules: AuditRiskRules) -> None:
+        self._r = rules
+        self._methods = dict(rules.methods)
+        self._tool_exact = {k: v for k, v in rules.tools.items() if not any(c in k for c in "*?[")}
+        self._tool_globs = [(k, v) for k, v in rules.tools.items() if any(c in k for c in "*?[")]
+
+    def level(self, ev: AuditEvent, decision: str) -> str:
+        r = self._r
+        level: str = r.default
+        method = ev.rpc_method
+        if ev.admin:
+            level = _max(level, r.admin)
+        if method is not None and method != "batch" and not method.startswith("notifications/"):
+            scope = required_scope(method)
+            if scope == "write":
+                level = _max(level, r.write)
+            elif scope == "admin":
+                level = _max(level, r.admin)
+            override = self._methods.get(method)
+            if override is not None:
+                level = _max(level, override)
+        if ev.tool is not None:
+            exact = self._tool_exact.get(ev.tool)
+            if exact is not None:
+                level = _max(level, exact)
+            for pattern, lvl in self._tool_globs:
+                if fnmatch.fnmatchcase(ev.tool, pattern):
+                    level = _max(level, lvl)
+        if decision == "refused":
+            level = _max(level, r.auth_failure if ev.refused_stage in AUTH_STAGES else r.refused)
+        elif decision == "error" or (ev.upstream_status is not None and ev.upstream_status >= 500):
+            level = _max(level, r.upstream_error)
+        return level
+
+
+def hash_session(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
+
+
+def _clean_upstream(url: str) -> str:
+    # upstream URLs may carry credentials in userinfo or query (tokens): keep scheme, host and path only
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        return clean_text(url.split("?", 1)[0], 512)
+    hostpart, slash, path = rest.partition("/")
+    host = hostpart.rpartition("@")[2]
+    return clean_text(f"{scheme}://{host}{slash}{path.split('?', 1)[0].split('#', 1)[0]}", 512)
+
+
+def _opt(text: str | None, max_len: int = 256) -> str | None:
+    return None if text is None else clean_text(text, max_len)
+
+
+def build_record(ev: AuditEvent, ts_us: int, risk: RiskRules, limits: SanitizeLimits) -> dict[str, Any]:
+    """The full record (without the chain fields, which the writer's HashChain adds)."""
+    decision = decision_of(ev)
+    rpc_id = ev.rpc_id
+    return {
+        "id": str(uuid.uuid4()),
+        "ts": format_ts(ts_us),
+        "started_at": format_ts(ev.started_us),
+        "request_id": clean_text(ev.request_id, 128),
+        "tenant": _opt(ev.tenant, 128),
+        "principal": _opt(ev.principal, 256),
+        "key_id": _opt(ev.key_id, 128),
+        "auth_method": _opt(ev.auth_method, 32),
+        "client_ip": clean_text(ev.client_ip, 64),
+        "server": clean_text(ev.server, 128),
+        "upstream": None if ev.upstream is None else _clean_upstream(ev.upstream),
+        "transport": clean_text(ev.transport, 32),
+        "http_method": clean_text(ev.http_method, 16),
+        "session_hash": None if ev.session_id is None else hash_session(ev.session_id),
+        "rpc_method": _opt(ev.rpc_method, 128),
+        "rpc_id": None if rpc_id is None else clean_text(str(rpc_id), 128),
+        "tool": _opt(ev.tool, 256),
+        # a resource URI can carry a token in its query: pattern-redact it, not just bound it
+        "resource_uri": None if ev.resource_uri is None else clean_text(redact_text(ev.resource_uri), 1024),
+        "decision": decision,
+        "stage": _opt(ev.refused_stage, 64),
+        "reason": _opt(ev.refused_reason, 128),
+        "http_status": ev.http_status,
+        "rpc_error_code": ev.rpc_error_code,
+        "upstream_status": ev.upstream_status,
+        "latency_ms": None if ev.latency_s is None else round(ev.latency_s * 1000.0, 3),
+        "upstream_latency_ms": None if ev.upstream_latency_s is None else round(ev.upstream_latency_s * 1000.0, 3),
+        "bytes_in": ev.bytes_in,
+        "bytes_out": ev.bytes_out,
+        "risk": risk.level(ev, decision),
+        "shadow": [{"stage": s, "reason": r} for s, r in ev.shadow] if ev.shadow else None,
+        "arguments": None if ev.arguments is None else sanitize(ev.arguments, limits),
+        "notes": None if not ev.notes else sanitize(ev.notes, limits),
+    }

@@ -1,0 +1,197 @@
+"""Sanitization of everything user-controlled that goes into an audit record.
+
+Secrets are redacted two ways: by key name, matched on whole words (`auth_token`, `apiKey`, `X-Api-Key` match;
+`max_tokens`, `tokenizer`, `keyboard` do not), and by value pattern (JWTs, bearer credentials, cloud and SaaS keys,
+PEM private keys, gateway API keys, card numbers that pass the Luhn check). Long strings are truncated and the walk
+is bounded in depth and width, so a hostile argument can cost the writer only a bounded amount of work.
+
+Every string also loses NUL characters: PostgreSQL text and jsonb reject them, and one poisoned record must not
+block a whole batch.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from dataclasses import dataclass
+from typing import Any
+
+REDACTED = "[REDACTED]"
+
+# single words that name a secret
+SECRET_WORDS = frozenset(
+    {
+        "password",
+        "passwd",
+        "passphrase",
+        "pwd",
+        "secret",
+        "token",
+        "authorization",
+        "apikey",
+        "cookie",
+        "credential",
+        "credentials",
+        "pin",
+        "ssn",
+        "otp",
+        "jwt",
+        "bearer",
+    }
+)
+# consecutive word pairs that name a secret (after splitting `api_key`, `privateKey`, `x-api-key` ...)
+SECRET_PAIRS = frozenset(
+    {
+        ("api", "key"),
+        ("private", "key"),
+        ("secret", "key"),
+        ("access", "key"),
+        ("signing", "key"),
+        ("encryption", "key"),
+        ("session", "id"),
+        ("set", "cookie"),
+        ("card", "number"),
+        ("credit", "card"),
+        ("client", "secret"),
+        ("security", "code"),
+    }
+)
+
+_WORD_SPLIT = re.compile(r"[^A-Za-z0-9]+")
+_CAMEL = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
+
+
+def key_words(key: str) -> list[str]:
+    """`X-Api-Key` -> [x, api, key]; `refreshToken` -> [refresh, token]; `APIKey` -> [api, key]."""
+    words: list[str] = []
+    for part in _WORD_SPLIT.split(key):
+        if part:
+            words.extend(w.lower() for w in _CAMEL.findall(part))
+    return words
+
+
+def is_secret_key(key: str) -> bool:
+    words = key_words(key)
+    if any(w in SECRET_WORDS for w in words):
+        return True
+    return any(pair in SECRET_PAIRS for pair in itertools.pairwise(words))
+
+
+# (label, pattern); each match is replaced by [REDACTED:<label>]
+VALUE_PATTERNS: tuple[tuple[str, re.Pattern[str]], ...] = (
+    (
+        "private_key",
+        re.compile(r"-----BEGIN [A-Z0-9 ]*PRIVATE KEY-----.*?(?:-----END [A-Z0-9 ]*PRIVATE KEY-----|$)", re.S),
+    ),
+    ("jwt", re.compile(r"\beyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]*")),
+    ("bearer", re.compile(r"(?i)\b(?:bearer|basic|token)\s+[A-Za-z0-9._~+/=-]{8,}")),
+    ("gateway_key", re.compile(r"\bmgw_[A-Za-z0-9]+_[A-Za-z0-9_-]{8,}")),
+    ("aws_key", re.compile(r"\b(?:AKIA|ASIA|AGPA|AIDA|AROA)[0-9A-Z]{16}\b")),
+    ("aws_secret", re.compile(r"(?i)aws_?secret_?access_?key\W{0,3}[A-Za-z0-9/+=]{40}")),
+    ("google_key", re.compile(r"\bAIza[0-9A-Za-z_-]{35}\b")),
+    ("github_token", re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{36,}|github_pat_[A-Za-z0-9_]{40,})\b")),
+    ("slack_token", re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}")),
+    ("stripe_key", re.compile(r"\b[rsp]k_(?:live|test)_[A-Za-z0-9]{16,}")),
+    ("openai_key", re.compile(r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_-]{20,}")),
+    ("azure_key", re.compile(r"(?i)AccountKey=[A-Za-z0-9+/=]{40,}")),
+    ("url_password", re.compile(r"(?<=://)[^/\s:@]+:[^/\s@]+(?=@)")),
+)
+_CARD_CANDIDATE = re.compile(r"(?<![\d-])(?:\d[ -]?){12,18}\d(?![\d-])")
+
+
+def luhn_ok(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = ord(ch) - 48
+        if i % 2 == 1:
+            d *= 2
+            if d > 9:
+                d -= 9
+        total += d
+    return total % 10 == 0
+
+
+def _card_sub(match: re.Match[str]) -> str:
+    digits = re.sub(r"[ -]", "", match.group(0))
+    if 13 <= len(digits) <= 19 and luhn_ok(digits):
+        return "[REDACTED:card]"
+    return match.group(0)
+
+
+def _valid_unicode(text: str) -> str:
+    # header values arrive with surrogate escapes for undecodable bytes; neither orjson nor PostgreSQL take those
+    if not text.isascii():
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    return text
+
+
+def redact_text(text: str) -> str:
+    """Replace every secret-looking substring of `text`."""
+    text = _valid_unicode(text)
+    for label, pattern in VALUE_PATTERNS:
+        if label == "private_key" and "PRIVATE KEY" not in text:
+            continue  # the costliest pattern; skip it on the common path
+        text = pattern.sub(f"[REDACTED:{label}]", text)
+    if any(c.isdigit() for c in text):
+        text = _CARD_CANDIDATE.sub(_card_sub, text)
+    return text
+
+
+def clean_text(text: str, max_len: int) -> str:
+    """Valid, NUL-free and bounded (for identifiers like tool names and reasons: no pattern redaction)."""
+    text = _valid_unicode(text)
+    if len(text) > max_len:
+        return f"{text[:max_len]}...[truncated {len(text) - max_len} chars]"
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class SanitizeLimits:
+    max_string: int = 256
+    max_items: int = 50
+    max_depth: int = 6
+
+
+INT64_MAX = 2**63 - 1
+
+
+def sanitize(value: Any, limits: SanitizeLimits = SanitizeLimits(), _depth: int = 0) -> Any:
+    """A JSON-safe, secret-free, bounded copy of `value` (arguments of a tool call)."""
+    if isinstance(value, str):
+        red = redact_text(value[: limits.max_string * 4])
+        if len(red) > limits.max_string or len(value) > limits.max_string * 4:
+            return f"{red[: limits.max_string]}...[truncated {len(value) - limits.max_string} chars]"
+        return red
+    if value is None or isinstance(value, bool):
+        return value
+    if isinstance(value, int):
+        # PostgreSQL jsonb and orjson both need it to fit 64 bits; beyond that keep the digits as text
+        return value if -INT64_MAX <= value <= INT64_MAX else str(value)
+    if isinstance(value, float):
+        # the record's hash must survive a jsonb round trip: jsonb prints 1e16 as an integer and has no -0.0,
+        # and rejects NaN/inf, so those become text (or plain 0.0)
+        if value == 0:
+            return 0.0
+        if not math.isfinite(value) or abs(value) >= 1e15:
+            return str(value)
+        return value
+    if _depth >= limits.max_depth:
+        return "[truncated: too deep]"
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for i, (k, v) in enumerate(value.items()):
+            if i >= limits.max_items:
+                out["..."] = f"[truncated {len(value) - limits.max_items} keys]"
+                break
+            key = clean_text(str(k), 128)
+            out[key] = REDACTED if is_secret_key(key) else sanitize(v, limits, _depth + 1)
+        return out
+    if isinstance(value, list | tuple):
+        items = [sanitize(v, limits, _depth + 1) for v in value[: limits.max_items]]
+        if len(value) > limits.max_items:
+            items.append(f"[truncated {len(value) - limits.max_items} items]")
+        return items
+    return clean_text(str(value), limits.max_string)

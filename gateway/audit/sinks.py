@@ -1,0 +1,46 @@
+"""Audit sinks: where sealed records end up. The pipeline calls them from its single writer task."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any, Protocol
+
+from gateway.audit.files import append_synced, encode_lines
+
+
+class AuditSink(Protocol):
+    """A store of sealed records. `write` must be idempotent per record id (replays resend records)."""
+
+    name: str
+
+    async def connect(self) -> None: ...
+
+    async def write(self, records: list[dict[str, Any]]) -> None: ...
+
+    async def maintain(self) -> int:
+        """Periodic housekeeping (partitions, retention); returns how many partitions it dropped."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class JsonlFileSink:
+    """The embedded default: one JSON record per line, appended and fsynced per batch."""
+
+    name = "file"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    async def connect(self) -> None:
+        await asyncio.to_thread(self.path.parent.mkdir, parents=True, exist_ok=True)
+
+    async def write(self, records: list[dict[str, Any]]) -> None:
+        await asyncio.to_thread(append_synced, self.path, encode_lines(records))
+
+    async def maintain(self) -> int:
+        return 0
+
+    async def close(self) -> None:
+        return None
