@@ -1,0 +1,239 @@
+"""The audit observer on the request path (synchronous, never blocking) and the writer's sink/spool logic.
+
+Fakes are limited to the sink (pure pipeline logic); the real sinks are tested in tests/integration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import os
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from prometheus_client import CollectorRegistry
+
+from gateway.audit.hashchain import verify_records
+from gateway.audit.metrics import AuditMetrics
+from gateway.audit.pipeline import AuditPipeline
+from gateway.audit.record import AuditEvent, RiskRules, build_record, capture, decision_of
+from gateway.audit.sanitize import SanitizeLimits
+from gateway.audit.sinks import JsonlFileSink
+from gateway.auth.principal import Principal
+from gateway.context import RequestContext, ShadowDecision
+from gateway.jsonrpc import parse_message
+from gateway.policy.servers import ServerPolicy
+from gateway.settings import AuditRiskRules, AuditSettings
+
+pytestmark = pytest.mark.unit
+
+BEARER = "mgw_k1_supersecretvalue1234567890"
+
+
+def make_ctx(body: dict[str, Any] | None = None, *, audit_arguments: bool = True, **kw: Any) -> RequestContext:
+    server = ServerPolicy.model_validate({"upstreams": [{"url": "http://u:1/mcp"}], "audit_arguments": audit_arguments})
+    ctx = RequestContext(
+        request_id="req-1",
+        snapshot=None,  # type: ignore[arg-type]
+        server_name="example",
+        server=server,
+        client_ip="10.0.0.7",
+        transport="streamable-http",
+        http_method="POST",
+        headers={"Authorization": f"Bearer {BEARER}"},
+        session_id="sess-abc",
+        upstream_url="http://user:pw@10.1.1.1:9000/mcp?token=abc",
+    )
+    if body is not None:
+        ctx.message = parse_message(orjson.dumps(body))
+    for k, v in kw.items():
+        setattr(ctx, k, v)
+    return ctx
+
+
+CALL = {
+    "jsonrpc": "2.0",
+    "id": 7,
+    "method": "tools/call",
+    "params": {"name": "add", "arguments": {"a": 1, "password": "hunter2", "note": f"Bearer {BEARER}"}},
+}
+
+
+def settings(**kw: Any) -> AuditSettings:
+    return AuditSettings.model_validate({"log_records": False, "flush_interval": 0.01, **kw})
+
+
+def test_record_fields_from_context() -> None:
+    ctx = make_ctx(CALL, principal=Principal("acme", "key:k1", key_id="k1"), http_status=200, upstream_status=200)
+    ctx.upstream_latency = 0.0123
+    ctx.bytes_in, ctx.bytes_out = 120, 345
+    ev = capture(ctx)
+    rec = build_record(ev, ev.ts_us, RiskRules(AuditRiskRules()), SanitizeLimits())
+    assert rec["tenant"] == "acme" and rec["principal"] == "key:k1" and rec["key_id"] == "k1"
+    assert rec["rpc_method"] == "tools/call" and rec["tool"] == "add" and rec["rpc_id"] == "7"
+    assert rec["decision"] == "allowed" and rec["stage"] is None and rec["risk"] == "medium"  # a write
+    assert rec["upstream"] == "http://10.1.1.1:9000/mcp"  # credentials and query stripped
+    assert rec["session_hash"] and "sess-abc" not in orjson.dumps(rec).decode()
+    assert rec["upstream_latency_ms"] == 12.3 and rec["bytes_in"] == 120 and rec["bytes_out"] == 345
+    assert rec["arguments"] == {"a": 1, "password": "[REDACTED]", "note": "[REDACTED:bearer]"}
+    assert BEARER not in orjson.dumps(rec).decode()
+
+
+def test_arguments_only_where_policy_opts_in() -> None:
+    ev = capture(make_ctx(CALL, audit_arguments=False))
+    assert ev.arguments is None
+    assert build_record(ev, ev.ts_us, RiskRules(AuditRiskRules()), SanitizeLimits())["arguments"] is None
+
+
+@pytest.mark.parametrize(
+    ("stage", "status", "decision", "risk"),
+    [
+        (None, 200, "allowed", "low"),
+        ("authn", 401, "refused", "high"),
+        ("client_guard", 429, "refused", "high"),
+        ("ratelimit", 429, "refused", "medium"),
+        ("breaker", 503, "refused", "medium"),
+        ("forward", 502, "error", "medium"),
+        (None, 499, "cancelled", "low"),
+    ],
+)
+def test_decision_and_risk(stage: str | None, status: int, decision: str, risk: str) -> None:
+    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    ev = capture(make_ctx(body, refused_stage=stage, refused_reason="x" if stage else None, http_status=status))
+    assert decision_of(ev) == decision
+    assert RiskRules(AuditRiskRules()).level(ev, decision) == risk
+
+
+def test_configurable_risk_rules() -> None:
+    rules = RiskRules(AuditRiskRules(tools={"delete_*": "critical"}, methods={"resources/read": "high"}))
+    ev = AuditEvent(0, 0, "r", "s", "t", "POST", "ip", rpc_method="tools/call", tool="delete_user")
+    assert rules.level(ev, "allowed") == "critical"
+    ev2 = AuditEvent(0, 0, "r", "s", "t", "POST", "ip", rpc_method="resources/read")
+    assert rules.level(ev2, "allowed") == "high"
+    admin = AuditEvent(0, 0, "r", "_admin", "admin", "GET", "ip", admin=True)
+    assert rules.level(admin, "allowed") == "high"
+
+
+def test_shadow_and_notes_recorded() -> None:
+    ctx = make_ctx(CALL, http_status=200)
+    ctx.shadow.append(ShadowDecision("ratelimit", "tenant_quota"))
+    ctx.notes["limit"] = {"tier": "user", "token": "abc"}
+    ev = capture(ctx)
+    rec = build_record(ev, ev.ts_us, RiskRules(AuditRiskRules()), SanitizeLimits())
+    assert rec["shadow"] == [{"stage": "ratelimit", "reason": "tenant_quota"}]
+    assert rec["notes"] == {"limit": {"tier": "user", "token": "[REDACTED]"}}
+
+
+class FlakySink:
+    """A sink that fails while `down` is set; remembers every record id it accepted (idempotently)."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.down = False
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.writes = 0
+
+    async def connect(self) -> None:
+        if self.down:
+            raise ConnectionRefusedError("down")
+
+    async def write(self, records: list[dict[str, Any]]) -> None:
+        if self.down:
+            raise ConnectionRefusedError("down")
+        self.writes += 1
+        for r in records:
+            self.rows.setdefault(r["id"], r)
+
+    async def maintain(self) -> int:
+        return 0
+
+    async def close(self) -> None:
+        return None
+
+
+def test_observe_is_synchronous_and_never_blocks(tmp_path: Path) -> None:
+    # no event loop is running here: observe() must not need one
+    assert not inspect.iscoroutinefunction(AuditPipeline.observe)
+    metrics = AuditMetrics(CollectorRegistry())
+
+    async def build() -> AuditPipeline:
+        return AuditPipeline(settings(queue_size=5), metrics, FlakySink(), tmp_path / "spool")
+
+    pipe = asyncio.run(build())
+    ctx = make_ctx(CALL)
+    for _ in range(8):
+        assert pipe.observe(ctx) is None  # type: ignore[func-returns-value]
+    assert pipe.queue_depth == 5
+    assert metrics.dropped_queue_full._value.get() == 3
+
+
+async def test_sink_outage_spools_then_replays_exactly_once(tmp_path: Path) -> None:
+    metrics = AuditMetrics(CollectorRegistry())
+    sink = FlakySink()
+    spool = tmp_path / "spool.jsonl"
+    pipe = AuditPipeline(settings(batch_size=10, reconnect_interval=0.05), metrics, sink, spool)
+    await pipe.start()
+    ctx = make_ctx(CALL)
+    for _ in range(25):
+        pipe.observe(ctx)
+    await _until(lambda: len(sink.rows) == 25)
+    sink.down = True
+    for _ in range(40):
+        pipe.observe(ctx)
+    await _until(lambda: metrics.spooled._value.get() == 40)
+    assert spool.exists() and len(sink.rows) == 25
+    sink.down = False
+    for _ in range(5):
+        pipe.observe(ctx)
+    await _until(lambda: len(sink.rows) == 70)
+    await pipe.stop()
+    assert sorted(os.listdir(tmp_path)) == []  # spool and replay files gone
+    # the last 5 may also have gone to the spool (the sink is retried once per reconnect interval)
+    assert metrics.replayed._value.get() == metrics.spooled._value.get() >= 40
+    assert metrics.dropped_queue_full._value.get() == 0 and metrics.dropped_spool._value.get() == 0
+    ordered = sorted(sink.rows.values(), key=lambda r: r["seq"])
+    assert [r["seq"] for r in ordered] == list(range(1, 71))
+    assert verify_records(ordered).ok
+
+
+async def test_stop_flushes_to_spool_when_sink_is_down_and_next_run_replays(tmp_path: Path) -> None:
+    metrics = AuditMetrics(CollectorRegistry())
+    sink = FlakySink()
+    sink.down = True
+    spool = tmp_path / "spool.jsonl"
+    pipe = AuditPipeline(settings(batch_size=7, flush_interval=5.0), metrics, sink, spool)
+    await pipe.start()
+    for _ in range(30):
+        pipe.observe(make_ctx(CALL))
+    await pipe.stop()
+    assert len(spool.read_bytes().splitlines()) == 30
+    sink.down = False
+    pipe2 = AuditPipeline(settings(), AuditMetrics(CollectorRegistry()), sink, spool)
+    await pipe2.start()
+    await _until(lambda: len(sink.rows) == 30)
+    await pipe2.stop()
+    assert not spool.exists()
+
+
+async def test_file_sink_writes_verifiable_jsonl(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    pipe = AuditPipeline(settings(), AuditMetrics(CollectorRegistry()), JsonlFileSink(path), tmp_path / "spool")
+    await pipe.start()
+    for i in range(12):
+        pipe.observe(make_ctx(CALL, request_id=f"r{i}"))
+    await pipe.stop()
+    recs = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    assert [r["request_id"] for r in recs] == [f"r{i}" for i in range(12)]
+    assert verify_records(recs).ok
+
+
+async def _until(cond: Any, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        if loop.time() > deadline:
+            raise AssertionError("condition not reached before the deadline")
+        await asyncio.sleep(0.01)
