@@ -9,10 +9,18 @@ gateway replica can serve any session.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
+import orjson
+import structlog
 from aiohttp import web
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+log = structlog.get_logger("gateway.sessions")
 
 DEFAULT_TTL_SECONDS = 3600.0
 
@@ -22,6 +30,22 @@ class SessionBinding:
     principal: str
     server: str
     upstream: str
+    # legacy HTTP+SSE only: the upstream URL this session's POSTs go to (from its `endpoint` event)
+    endpoint: str | None = None
+
+    def to_json(self) -> bytes:
+        obj = {"p": self.principal, "s": self.server, "u": self.upstream}
+        if self.endpoint is not None:
+            obj["e"] = self.endpoint
+        return orjson.dumps(obj)
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> SessionBinding | None:
+        try:
+            obj = orjson.loads(raw)
+            return cls(str(obj["p"]), str(obj["s"]), str(obj["u"]), obj.get("e"))
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            return None
 
 
 class SessionStore(Protocol):
@@ -70,6 +94,67 @@ class MemorySessionStore:
         now = time.monotonic()
         for key in [k for k, (_, exp) in self._data.items() if exp <= now]:
             del self._data[key]
+
+
+class RedisSessionStore:
+    """Bindings shared by every gateway replica: one Redis key per session, idle TTL refreshed on use.
+
+    `get` is one round trip (GETEX refreshes the TTL while reading). Redis being down must not break the sessions
+    this replica created: every binding is also kept in a local store, which answers when Redis does not (a
+    session created on another replica is then unknown here: 404, the client re-initializes).
+    """
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        prefix: str,
+        ttl: float = DEFAULT_TTL_SECONDS,
+        local: MemorySessionStore | None = None,
+        on_error: Callable[[str], None] | None = None,
+    ) -> None:
+        self._redis = client
+        self._prefix = f"{prefix}sess:"
+        self._ttl_ms = max(1, int(ttl * 1000))
+        self._local = local or MemorySessionStore(ttl)
+        self._on_error = on_error  # counts failures (a metric), by operation
+
+    def _key(self, server: str, session_id: str) -> str:
+        return f"{self._prefix}{server}:{session_id}"
+
+    def _failed(self, op: str, exc: Exception) -> None:
+        if self._on_error is not None:
+            self._on_error(op)
+        log.warning("session store: redis unavailable, using local bindings", op=op, error=type(exc).__name__)
+
+    async def get(self, server: str, session_id: str) -> SessionBinding | None:
+        try:
+            raw = await self._redis.getex(self._key(server, session_id), px=self._ttl_ms)
+        except Exception as exc:  # any Redis failure means "Redis is down": degrade, never 5xx
+            self._failed("get", exc)
+            return await self._local.get(server, session_id)
+        if raw is None:
+            # expired or ended elsewhere: the local copy must not resurrect it
+            await self._local.delete(server, session_id)
+            return None
+        return SessionBinding.from_json(raw)
+
+    async def put(self, server: str, session_id: str, binding: SessionBinding) -> None:
+        await self._local.put(server, session_id, binding)
+        try:
+            await self._redis.set(self._key(server, session_id), binding.to_json(), px=self._ttl_ms)
+        except Exception as exc:
+            self._failed("put", exc)
+
+    async def delete(self, server: str, session_id: str) -> None:
+        await self._local.delete(server, session_id)
+        try:
+            await self._redis.delete(self._key(server, session_id))
+        except Exception as exc:
+            self._failed("delete", exc)
+
+    async def count(self) -> int:
+        """Bindings this replica created and still holds (a Redis-wide count would need a full key scan)."""
+        return await self._local.count()
 
 
 SESSIONS: web.AppKey[SessionStore] = web.AppKey("sessions", SessionStore)

@@ -22,6 +22,22 @@ def first_upstream(ctx: RequestContext, server: ServerPolicy) -> str:
     return server.upstreams[0].url
 
 
+async def bound_session(ctx: RequestContext, sessions: SessionStore) -> SessionBinding:
+    """The binding of `ctx.session_id`, checked against the caller; sets `ctx.upstream_url`. 404 otherwise."""
+    server = ctx.server
+    assert server is not None and ctx.session_id is not None
+    binding = await sessions.get(ctx.server_name, ctx.session_id)
+    principal = ctx.principal.binding_id if ctx.principal is not None else None
+    if binding is None or binding.principal != principal:
+        raise SessionNotFound("unknown or expired session; initialize a new one", reason="session_not_found")
+    if not any(u.url == binding.upstream for u in server.upstreams):
+        # the instance left the policy: its sessions are gone with it
+        await sessions.delete(ctx.server_name, ctx.session_id)
+        raise SessionNotFound("session's upstream is gone; initialize a new one", reason="session_upstream_gone")
+    ctx.upstream_url = binding.upstream
+    return binding
+
+
 async def resolve_upstream(ctx: RequestContext, sessions: SessionStore, pick: Picker = first_upstream) -> str:
     """Set and return `ctx.upstream_url`. Idempotent: a stage that already resolved it is not repeated."""
     if ctx.upstream_url is not None:
@@ -29,17 +45,7 @@ async def resolve_upstream(ctx: RequestContext, sessions: SessionStore, pick: Pi
     server = ctx.server
     assert server is not None
     if ctx.session_id is not None:
-        binding = await sessions.get(ctx.server_name, ctx.session_id)
-        principal = ctx.principal.binding_id if ctx.principal is not None else None
-        if binding is None or binding.principal != principal:
-            raise SessionNotFound("unknown or expired session; initialize a new one", reason="session_not_found")
-        known = {u.url for u in server.upstreams}
-        if binding.upstream not in known:
-            # the instance left the policy: its sessions are gone with it
-            await sessions.delete(ctx.server_name, ctx.session_id)
-            raise SessionNotFound("session's upstream is gone; initialize a new one", reason="session_upstream_gone")
-        ctx.upstream_url = binding.upstream
-        return binding.upstream
+        return (await bound_session(ctx, sessions)).upstream
     ctx.upstream_url = pick(ctx, server)
     return ctx.upstream_url
 

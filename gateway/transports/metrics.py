@@ -1,0 +1,47 @@
+"""Transport metrics (legacy SSE streams, WebSocket connections and messages, session store health).
+
+Labels are bounded: server names come from policy, directions and ops are fixed sets.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+
+class TransportMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.legacy_streams = Gauge(
+            "mcp_gateway_legacy_sse_streams",
+            "Legacy HTTP+SSE (2024-11-05) event streams open now",
+            ["server"],
+            registry=registry,
+        )
+        self.legacy_injected_errors = Counter(
+            "mcp_gateway_legacy_sse_injected_errors_total",
+            "Refusals of legacy HTTP+SSE POSTs also delivered as a `message` event on the session's stream",
+            ["server"],
+            registry=registry,
+        )
+        self.ws_connections = Gauge(
+            "mcp_gateway_websocket_connections",
+            "WebSocket client connections open now (each with its own upstream socket)",
+            ["server"],
+            registry=registry,
+        )
+        self.ws_messages = Counter(
+            "mcp_gateway_websocket_messages_total",
+            "WebSocket text frames relayed, by direction (in: client to upstream, out: upstream to client) "
+            "and result (relayed or refused)",
+            ["server", "direction", "result"],
+            registry=registry,
+        )
+        self.session_store_errors = Counter(
+            "mcp_gateway_session_store_errors_total",
+            "Redis session-store operations that failed and fell back to this replica's local bindings",
+            ["op"],
+            registry=registry,
+        )
+
+
+TRANSPORT_METRICS: web.AppKey[TransportMetrics] = web.AppKey("transport_metrics", TransportMetrics)
