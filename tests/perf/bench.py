@@ -448,9 +448,14 @@ def main(argv: list[str] | None = None) -> int:
             log(f"   {memory[name]}")
             time.sleep(2.0)  # let the closed streams drain before the next measurement
 
-        profile: dict[str, Any] = {"status": "skipped (--no-profile)"}
-        if not args.no_profile:
-            profile = run_profile(targets["gw_embedded"], args, workdir)
+        profile: dict[str, Any] = {}
+        for name in ("gw_embedded", "gw_redis_pg"):
+            if name not in targets:
+                continue
+            if args.no_profile:
+                profile[name] = {"status": "skipped (--no-profile)"}
+            else:
+                profile[name] = run_profile(targets[name], args, workdir)
 
         audit_file = workdir / "embedded" / "audit.jsonl"
         activity = {
@@ -466,9 +471,14 @@ def main(argv: list[str] | None = None) -> int:
         print(table)
         print(f"\nchain stages: {stages}")
         print(f"backend activity: {activity}")
-        if profile.get("top_self"):
-            print("\n== py-spy profile of (c) under 32 connections: top self time")
-            for row in profile["top_self"][:15]:
+        for name, pr in profile.items():
+            if not pr.get("top_self"):
+                print(f"\nprofile of {labels[name]}: {pr.get('status')}")
+                continue
+            print(f"\n== py-spy profile of {labels[name]} under 32 connections")
+            print("samples by thread: " + ", ".join(f"{r['function']} {r['share']:.0%}" for r in pr["threads"]))
+            print("top self time in the event-loop thread (share of that thread's samples):")
+            for row in pr["top_self_main_thread"][:15]:
                 print(f"{row['share'] * 100:6.1f}%  {row['function']}")
         result = {
             "machine": machine_info(args.rounds, args),
@@ -503,10 +513,10 @@ def run_profile(t: Target, args: argparse.Namespace, workdir: Path) -> dict[str,
     if py_spy is None or t.pid is None:
         return {"status": "py-spy not installed (.venv/bin/pip install py-spy)"}
     log(f"profiling {t.name} for {args.profile_seconds:.0f}s under 32 connections")
-    out = workdir / "profile.txt"
+    out = workdir / f"profile-{t.name}.txt"
     argv = [PYTHON, "-m", "tests.perf.loadgen", "json", t.json_url, "--conns", "32", "--warmup", "0"]
     argv += ["--duration", str(args.profile_seconds + 3), *_header_args(t)]
-    load = Proc(argv, workdir / "profile-load.log").start()
+    load = Proc(argv, workdir / f"profile-load-{t.name}.log").start()
     try:
         time.sleep(1.0)
         ok, msg = prof.record(py_spy, t.pid, args.profile_seconds, out)
@@ -516,12 +526,15 @@ def run_profile(t: Target, args: argparse.Namespace, workdir: Path) -> dict[str,
         return {"status": msg}
     parsed = prof.parse_collapsed(out.read_text())
     total = int(parsed["samples"])
-    saved = args.output.parent / "profile-collapsed.txt"
+    saved = args.output.parent / f"profile-{t.name}.collapsed.txt"
     saved.write_text(out.read_text())
     return {
         "status": "ok",
         "samples": total,
         "collapsed_stacks": str(saved.relative_to(ROOT)) if saved.is_relative_to(ROOT) else str(saved),
+        "threads": prof.top(parsed["threads"], total, 10),
+        "main_thread_samples": sum(parsed["main_self"].values()),
+        "top_self_main_thread": prof.top(parsed["main_self"], sum(parsed["main_self"].values()), 30),
         "top_self": prof.top(parsed["self"], total, 30),
         "top_inclusive": prof.top(parsed["inclusive"], total, 40),
     }

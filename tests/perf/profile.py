@@ -24,23 +24,42 @@ def _frame_key(frame: str) -> str:
 
 
 def parse_collapsed(text: str) -> dict[str, Any]:
-    """Self and inclusive sample shares per function from py-spy's collapsed ('raw') stacks."""
+    """Self and inclusive sample shares per function from py-spy's collapsed ('raw') stacks.
+
+    With `--threads` each stack starts with `thread (tid): name`; samples are then also counted per thread, and the
+    main thread (the event loop, which bounds a single worker's throughput) gets its own self-time counter.
+    """
     self_counts: Counter[str] = Counter()
     incl_counts: Counter[str] = Counter()
+    thread_counts: Counter[str] = Counter()
+    main_self: Counter[str] = Counter()
     total = 0
     for line in text.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
-        frames = [_frame_key(f) for f in stack.split(";") if f.strip()]
+        frames = [f for f in stack.split(";") if f.strip()]
+        thread = ""
+        if frames and frames[0].startswith("thread ("):
+            thread = frames.pop(0).partition(": ")[2] or "?"
+            thread_counts[thread] += count
+        frames = [_frame_key(f) for f in frames]
         if not frames:
             continue
         total += count
         self_counts[frames[-1]] += count
+        if thread == "MainThread":
+            main_self[frames[-1]] += count
         for f in set(frames):
             incl_counts[f] += count
-    return {"samples": total, "self": self_counts, "inclusive": incl_counts}
+    return {
+        "samples": total,
+        "self": self_counts,
+        "inclusive": incl_counts,
+        "threads": thread_counts,
+        "main_self": main_self,
+    }
 
 
 def top(counts: Counter[str], total: int, n: int) -> list[dict[str, Any]]:
@@ -50,7 +69,7 @@ def top(counts: Counter[str], total: int, n: int) -> list[dict[str, Any]]:
 def record(py_spy: str, pid: int, seconds: float, out: Path, rate: int = 250) -> tuple[bool, str]:
     """Run `py-spy record` (collapsed format) against pid; returns (ok, message)."""
     argv = [py_spy, "record", "--pid", str(pid), "--duration", str(max(1, round(seconds))), "--rate", str(rate)]
-    argv += ["--format", "raw", "--output", str(out), "--nonblocking"]
+    argv += ["--format", "raw", "--output", str(out), "--nonblocking", "--threads"]
     try:
         res = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
     except subprocess.TimeoutExpired:

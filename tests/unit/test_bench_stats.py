@@ -140,3 +140,17 @@ def test_collapsed_profile_self_and_inclusive_shares() -> None:
     # line numbers are folded, so one function is counted once per stack
     assert incl["handle (b.py)"] == pytest.approx(1.0)
     assert incl["write (d.py)"] == pytest.approx(0.3)
+
+
+def test_collapsed_profile_with_threads_counts_the_event_loop_thread_apart() -> None:
+    text = "\n".join(
+        [
+            "thread (11): MainThread;run (a.py:1);handle (b.py:10) 7",
+            "thread (12): ThreadPoolExecutor-0_0;_worker (thread.py:3);fsync_batch (audit.py:9) 3",
+        ]
+    )
+    p = parse_collapsed(text)
+    assert p["samples"] == 10
+    assert dict(p["threads"]) == {"MainThread": 7, "ThreadPoolExecutor-0_0": 3}
+    assert dict(p["main_self"]) == {"handle (b.py)": 7}
+    assert "thread (11): MainThread" not in p["inclusive"]
