@@ -93,7 +93,7 @@ def _init(rpc_id: int) -> bytes:
 
 
 async def test_endpoint_rewrite_bound_posts_and_refusal_event(legacy_env: tuple[Gateway, Upstream]) -> None:
-    gw, up = legacy_env
+    gw, _ = legacy_env
     ctype = {"Content-Type": "application/json"}
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
         resp, events = await _open_stream(http, gw.url("legacy"), gw.auth("ro"))
