@@ -224,3 +224,47 @@ def test_migration_files_are_numbered_and_packaged() -> None:
     assert [m.version for m in migs] == sorted({m.version for m in migs})
     assert migs[0].version == 1
     assert all(Path(ROOT / "gateway/db/migrations" / m.name).exists() for m in migs)
+
+
+async def test_gateway_login_roles_need_no_superuser(postgres_dsn: str, tmp_path: Path) -> None:
+    """A writer login that is only a member of mgw_audit_writer can COPY, move heads, create and drop partitions;
+    a reader login that is only a member of mgw_audit_reader gets its tenant's rows through the admin reader."""
+    from gateway.admin.audit import AuditQuery, AuditReader
+
+    suffix = secrets.token_hex(4)
+    writer, reader = f"mgw_test_w_{suffix}", f"mgw_test_r_{suffix}"
+    async with temp_database(postgres_dsn) as dsn:
+        admin = await asyncpg.connect(dsn)
+        try:
+            await admin.execute(f"CREATE ROLE {writer} LOGIN IN ROLE mgw_audit_writer")
+            await admin.execute(f"CREATE ROLE {reader} LOGIN IN ROLE mgw_audit_reader")
+            base = dsn.replace("postgres@", "{}@", 1)
+            sink = PostgresSink(base.format(writer), retention_days=2)
+            chain = HashChain()
+            now = datetime.now(UTC)
+            try:
+                recs = [record(t, now - timedelta(days=d), chain) for d in (5, 0) for t in ("a", "b")]
+                await sink.write(recs)
+                await sink.write(recs)  # a replay: ON CONFLICT DO NOTHING works without SELECT rights
+                assert await sink.maintain() >= 1  # the 5-day-old partition goes (SECURITY DEFINER)
+            finally:
+                await sink.close()
+            assert await admin.fetchval("SELECT count(*) FROM audit_records") == 2
+            rdr = AuditReader(base.format(reader), 2)
+            await rdr.start()
+            try:
+                sql, params = AuditQuery().sql()
+                rows = await rdr.fetch("a", sql, params)
+                assert [r["tenant"] for r in rows] == ["a"]
+                assert await rdr.fetch("nobody", sql, params) == []
+            finally:
+                await rdr.close()
+        finally:
+            await admin.execute(f"DROP OWNED BY {writer}, {reader}")
+            await admin.close()
+            server = await asyncpg.connect(postgres_dsn)
+            try:
+                await server.execute(f"DROP ROLE IF EXISTS {writer}")
+                await server.execute(f"DROP ROLE IF EXISTS {reader}")
+            finally:
+                await server.close()
