@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from tests.harness import PYTHON, ROOT, Proc
+from tests.harness import PYTHON, ROOT, Proc, start_redis
 from tests.perf import profile as prof
 from tests.perf.stats import fmt, median, parse_vmrss_kib, ratio, rss_per_stream
 from tests.perf.targets import (
@@ -36,9 +36,11 @@ from tests.perf.targets import (
     Target,
     backend_activity,
     cleanup_backends,
+    commands_delta,
     gateway_target,
     prepare_backends,
     process_group,
+    redis_commands,
     stage_status,
     start_bare_proxy,
     start_bench_gateway,
@@ -152,6 +154,47 @@ def measure_idle_streams(t: Target, streams: int, settle: float) -> dict[str, An
                 os.killpg(proc.pid, 9)
             proc.wait(5)
     return result
+
+
+def measure_redis_round_trips(workdir: Path, upstream_port: int, duration: float) -> dict[str, Any]:
+    """Redis commands per tools/call, counted on a private redis-server that only this gateway talks to.
+
+    The shared Redis of target (d) also serves other clients, so its counters cannot be attributed.
+    """
+    import redis
+
+    try:
+        inst = start_redis(workdir)
+    except (RuntimeError, TimeoutError) as exc:
+        return {"error": f"no private redis-server: {exc}"}
+    gw = None
+    try:
+        cfg = {"redis": {"url": inst.url, "key_prefix": "mgwbench:"}}
+        gw = start_bench_gateway(workdir, "redis_count", upstream_port, 64, cfg)
+        wait_ready(gw)
+        t = gateway_target("gw_redis_count", "gateway, private Redis", gw)
+        measure_json(t, 1, 0.5, 0.0)  # warm: sessions, scripts loaded, pools connected
+        client = redis.Redis.from_url(inst.url, socket_timeout=5)
+        before = redis_commands(client.info("commandstats"))
+        res = measure_json(t, 1, duration, 0.0)
+        after = redis_commands(client.info("commandstats"))
+        client.close()
+    except (RuntimeError, TimeoutError, redis.RedisError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        if gw is not None:
+            gw.stop()
+        inst.stop()
+    if "error" in res or not res.get("requests"):
+        return {"error": res.get("error", "no requests completed")}
+    # the load generator's initialize + notifications/initialized also went through the chain
+    calls = int(res["requests"]) + 2
+    delta = commands_delta(before, after)
+    return {
+        "requests": calls,
+        "commands_per_request": {k: v / calls for k, v in delta.items()},
+        "total_per_request": sum(delta.values()) / calls,
+    }
 
 
 def machine_info(rounds: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -457,6 +500,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 profile[name] = run_profile(targets[name], args, workdir)
 
+        log("Redis commands per request (private redis-server)")
+        redis_calls = measure_redis_round_trips(workdir, up_port, min(args.duration, 2.0))
+        log(f"   {redis_calls}")
+
         audit_file = workdir / "embedded" / "audit.jsonl"
         activity = {
             "gw_embedded": {"audit_jsonl_lines": sum(1 for _ in audit_file.open("rb")) if audit_file.exists() else 0},
@@ -471,6 +518,7 @@ def main(argv: list[str] | None = None) -> int:
         print(table)
         print(f"\nchain stages: {stages}")
         print(f"backend activity: {activity}")
+        print(f"Redis commands per tools/call (private Redis): {redis_calls}")
         for name, pr in profile.items():
             if not pr.get("top_self"):
                 print(f"\nprofile of {labels[name]}: {pr.get('status')}")
@@ -490,6 +538,7 @@ def main(argv: list[str] | None = None) -> int:
             "ratios": ratios,
             "sse": {"interval_s": tick_interval, "events_per_round": args.sse_events},
             "idle_streams": memory,
+            "redis_commands": redis_calls,
             "issue_targets": checks,
             "profile": profile,
             "rounds": raw,

@@ -43,11 +43,12 @@ def parse_collapsed(text: str) -> dict[str, Any]:
         thread = ""
         if frames and frames[0].startswith("thread ("):
             thread = frames.pop(0).partition(": ")[2] or "?"
-            thread_counts[thread] += count
         frames = [_frame_key(f) for f in frames]
         if not frames:
             continue
         total += count
+        if thread:
+            thread_counts[thread] += count
         self_counts[frames[-1]] += count
         if thread == "MainThread":
             main_self[frames[-1]] += count

@@ -298,3 +298,16 @@ def cleanup_backends(b: Backends) -> None:
                     await conn.close()
 
             asyncio.run(drop())
+
+
+def redis_commands(info: dict[str, Any]) -> dict[str, int]:
+    """`INFO commandstats` (as parsed by redis-py) -> calls per command name."""
+    out: dict[str, int] = {}
+    for key, val in info.items():
+        if key.startswith("cmdstat_") and isinstance(val, dict):
+            out[key.removeprefix("cmdstat_")] = int(val.get("calls", 0))
+    return out
+
+
+def commands_delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: after[k] - before.get(k, 0) for k in sorted(after) if after[k] - before.get(k, 0) > 0}

@@ -18,6 +18,7 @@ from tests.perf.stats import (
     rss_per_stream,
     summarize_latencies,
 )
+from tests.perf.targets import commands_delta, redis_commands
 
 pytestmark = pytest.mark.unit
 
@@ -154,3 +155,11 @@ def test_collapsed_profile_with_threads_counts_the_event_loop_thread_apart() -> 
     assert dict(p["threads"]) == {"MainThread": 7, "ThreadPoolExecutor-0_0": 3}
     assert dict(p["main_self"]) == {"handle (b.py)": 7}
     assert "thread (11): MainThread" not in p["inclusive"]
+
+
+def test_redis_commandstats_delta_per_command() -> None:
+    before = redis_commands({"cmdstat_evalsha": {"calls": 10, "usec": 5}, "cmdstat_get": {"calls": 3}})
+    after = redis_commands(
+        {"cmdstat_evalsha": {"calls": 30}, "cmdstat_get": {"calls": 3}, "cmdstat_set": {"calls": 4}, "uptime": 9}
+    )
+    assert commands_delta(before, after) == {"evalsha": 20, "set": 4}
