@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -35,8 +34,9 @@ def _policies(up: Upstream) -> dict[str, Any]:
     }
 
 
-@pytest.fixture
-def legacy_env(tmp_path: Path) -> Any:
+@pytest.fixture(scope="module")
+def legacy_env(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    tmp_path = tmp_path_factory.mktemp("legacy")
     up = start_upstream(tmp_path, transport="sse")
     gw = start_gateway(tmp_path / "gw", _policies(up), keys=KEYS)
     with running(gw, up):
