@@ -159,6 +159,9 @@ def measure_idle_streams(t: Target, streams: int, settle: float) -> dict[str, An
 def measure_redis_round_trips(workdir: Path, upstream_port: int, duration: float) -> dict[str, Any]:
     """Redis commands per tools/call, counted on a private redis-server that only this gateway talks to.
 
+    INFO commandstats also counts the commands a Lua script runs, so EVALSHA plus its inner GET/SET/TIME appear;
+    client round trips are EVALSHA and the plain commands.
+
     The shared Redis of target (d) also serves other clients, so its counters cannot be attributed.
     """
     import redis
