@@ -96,6 +96,9 @@ class AuditPipeline:
     # ------------------------------------------------------------------ writer task
 
     async def start(self) -> None:
+        adopted = await asyncio.to_thread(self._spool.open)
+        if adopted:
+            log.info("audit spool files from an earlier run will be replayed", files=adopted)
         self._task = asyncio.create_task(self._run(), name="audit-writer")
 
     async def stop(self, timeout: float = 30.0) -> None:
@@ -114,6 +117,7 @@ class AuditPipeline:
                 await self._drain()
         if self._sink is not None:
             await self._sink.close()
+        self._spool.close()
 
     async def _run(self) -> None:
         interval = self._settings.flush_interval
@@ -212,6 +216,8 @@ class AuditPipeline:
         if self._sink is None or not self._sink_up or time.monotonic() < self._next_maintenance:
             return
         self._next_maintenance = time.monotonic() + self._settings.retention_interval_seconds
+        # spools of processes that ended while this one runs (another worker crashed with PostgreSQL down)
+        await asyncio.to_thread(self._spool.adopt_orphans)
         try:
             dropped = await self._sink.maintain()
         except Exception as exc:

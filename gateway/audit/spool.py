@@ -1,16 +1,26 @@
 """AuditSpool: the local append-only file that holds sealed records while the sink is unavailable.
 
-Every batch is fsynced before the writer moves on, so a record that reached the spool survives a crash. Replay
-first renames the spool aside (`<spool>.replay-<n>`), so records spooled during a replay (the sink failed again)
-land in a fresh file and nothing is read and appended at once. A replay file is deleted only after every record in
-it was accepted by the sink; an interrupted replay starts that file again from the top, which is safe because sink
-writes are idempotent per record id. Only the pipeline's single writer task touches the spool.
+Every batch is fsynced before the writer moves on, so a record that reached the spool survives a crash.
+
+Several gateway processes may share one `audit.spool_path` (workers, or a restart while the old process still
+drains), so each process spools to its own file `<spool_path>.<token>` and holds an exclusive `flock` on
+`<spool_path>.<token>.lock` for as long as it runs. A spool whose lock nobody holds belongs to a process that has
+ended (cleanly with PostgreSQL down, or by crashing): the next process to look adopts it by renaming it into its
+own replay files. Renames are atomic, so two processes never replay the same file.
+
+Replay first renames the live spool aside (`<own spool>.replay-<n>`), so records spooled during a replay (the sink
+failed again) land in a fresh file. A replay file is deleted only after every record in it was accepted by the
+sink; an interrupted replay starts that file again from the top, which is safe because sink writes are idempotent
+per record id. Only the pipeline's single writer task touches its spool.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import os
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -26,19 +36,99 @@ Writer = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
 
 class AuditSpool:
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def __init__(self, base: Path, token: str | None = None) -> None:
+        self.base = base
+        self.token = token or f"{os.getpid()}-{secrets.token_hex(3)}"
+        self.path = base.with_name(f"{base.name}.{self.token}")
+        self._lock_path = base.with_name(f"{base.name}.{self.token}.lock")
+        self._lock_fd: int | None = None
+        self._has_data = False
+
+    # ------------------------------------------------------------------ ownership
+
+    def open(self) -> int:
+        """Take this process's lock and adopt orphaned spools; returns how many files were adopted."""
+        self.base.parent.mkdir(parents=True, exist_ok=True)
+        # lock under a temporary name, then rename: the lock file is never visible unlocked, so another process
+        # can never mistake a starting owner for a dead one
+        tmp = self._lock_path.with_name(f".{self._lock_path.name}.tmp")
+        fd = os.open(tmp, os.O_CREAT | os.O_RDWR, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.replace(tmp, self._lock_path)
+        self._lock_fd = fd
+        return self.adopt_orphans()
+
+    def close(self) -> None:
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is None:
+            return
+        # the spool files stay if records are left in them: the next process adopts them
+        with contextlib.suppress(FileNotFoundError):
+            self._lock_path.unlink()
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    def _token_of(self, name: str) -> tuple[str, str] | None:
+        prefix = f"{self.base.name}."
+        if not name.startswith(prefix):
+            return None
+        token, _, kind = name[len(prefix) :].partition(".")
+        return token, kind
+
+    def _owner_alive(self, token: str) -> bool:
+        lock = self.base.with_name(f"{self.base.name}.{token}.lock")
+        try:
+            fd = os.open(lock, os.O_RDWR)
+        except FileNotFoundError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)  # closing drops the lock we may have taken
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+        return False
+
+    def adopt_orphans(self) -> int:
+        """Move spool files of ended processes (and a spool at the bare base path) into our replay files."""
+        adopted = 0
+        try:
+            names = os.listdir(self.base.parent)
+        except FileNotFoundError:
+            return 0
+        alive: dict[str, bool] = {}
+        for name in sorted(names):
+            src = self.base.parent / name
+            if name == self.base.name:
+                token = ""
+            else:
+                parsed = self._token_of(name)
+                if parsed is None or parsed[0] == self.token or parsed[1] == "lock":
+                    continue
+                token = parsed[0]
+                if token not in alive:
+                    alive[token] = self._owner_alive(token)
+                if alive[token]:
+                    continue
+            dest = self.path.with_name(f"{self.path.name}.replay-{time.time_ns()}")
+            try:
+                os.replace(src, dest)
+            except FileNotFoundError:
+                continue  # another process adopted it first
+            adopted += 1
+            self._has_data = True
+            log.info("audit spool adopted", file=name)
+        return adopted
+
+    # ------------------------------------------------------------------ data
 
     def _replay_files(self) -> list[Path]:
         return sorted(self.path.parent.glob(f"{self.path.name}.replay-*"))
 
     def pending(self) -> bool:
-        try:
-            if self.path.stat().st_size > 0:
-                return True
-        except FileNotFoundError:
-            pass
-        return bool(self._replay_files())
+        return self._has_data
 
     def size_bytes(self) -> int:
         total = 0
@@ -51,6 +141,7 @@ class AuditSpool:
 
     async def append(self, records: list[dict[str, Any]]) -> None:
         await asyncio.to_thread(append_synced, self.path, encode_lines(records))
+        self._has_data = True
 
     def _rotate(self) -> None:
         try:
@@ -81,4 +172,5 @@ class AuditSpool:
                     on_batch(len(records))
             await asyncio.to_thread(path.unlink, missing_ok=True)
             log.info("audit spool replayed", file=path.name, records=sent)
+        self._has_data = False
         return sent

@@ -21,6 +21,7 @@ from gateway.audit.pipeline import AuditPipeline
 from gateway.audit.record import AuditEvent, RiskRules, build_record, capture, decision_of
 from gateway.audit.sanitize import SanitizeLimits
 from gateway.audit.sinks import JsonlFileSink
+from gateway.audit.spool import AuditSpool
 from gateway.auth.principal import Principal
 from gateway.context import RequestContext, ShadowDecision
 from gateway.jsonrpc import parse_message
@@ -184,7 +185,7 @@ async def test_sink_outage_spools_then_replays_exactly_once(tmp_path: Path) -> N
     for _ in range(40):
         pipe.observe(ctx)
     await _until(lambda: metrics.spooled._value.get() == 40)
-    assert spool.exists() and len(sink.rows) == 25
+    assert metrics.spool_bytes.collect()[0].samples[0].value > 0 and len(sink.rows) == 25
     sink.down = False
     for _ in range(5):
         pipe.observe(ctx)
@@ -209,13 +210,16 @@ async def test_stop_flushes_to_spool_when_sink_is_down_and_next_run_replays(tmp_
     for _ in range(30):
         pipe.observe(make_ctx(CALL))
     await pipe.stop()
-    assert len(spool.read_bytes().splitlines()) == 30
+    # the stopped process's spool stays on disk (its lock released) for the next process to adopt
+    left = [f for f in os.listdir(tmp_path) if not f.endswith(".lock")]
+    assert len(left) == 1 and left[0].startswith("spool.jsonl.")
+    assert len((tmp_path / left[0]).read_bytes().splitlines()) == 30
     sink.down = False
     pipe2 = AuditPipeline(settings(), AuditMetrics(CollectorRegistry()), sink, spool)
     await pipe2.start()
     await _until(lambda: len(sink.rows) == 30)
     await pipe2.stop()
-    assert not spool.exists()
+    assert os.listdir(tmp_path) == []
 
 
 async def test_file_sink_writes_verifiable_jsonl(tmp_path: Path) -> None:
@@ -237,3 +241,29 @@ async def _until(cond: Any, timeout: float = 10.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition not reached before the deadline")
         await asyncio.sleep(0.01)
+
+
+async def test_spools_of_ended_processes_are_adopted_but_live_ones_are_not(tmp_path: Path) -> None:
+    base = tmp_path / "spool.jsonl"
+    live, dead, me = AuditSpool(base, "live"), AuditSpool(base, "dead"), AuditSpool(base, "me")
+    live.open()
+    dead.open()
+    await live.append([{"id": "l1"}])
+    await dead.append([{"id": "d1"}, {"id": "d2"}])
+    base.write_bytes(b'{"id": "legacy"}\n')  # a spool at the bare path (older layout) is always adopted
+    dead.close()  # ended with records left (PostgreSQL was down at shutdown)
+    assert me.open() == 2
+    got: list[str] = []
+
+    async def write(records: list[dict[str, Any]]) -> None:
+        got.extend(r["id"] for r in records)
+
+    await me.replay(write, 10)
+    assert sorted(got) == ["d1", "d2", "legacy"]
+    assert live.pending() and (tmp_path / "spool.jsonl.live").exists()  # a running owner keeps its spool
+    live.close()
+    assert me.adopt_orphans() == 1
+    await me.replay(write, 10)
+    assert sorted(got) == ["d1", "d2", "l1", "legacy"]
+    me.close()
+    assert os.listdir(tmp_path) == []
