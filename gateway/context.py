@@ -59,6 +59,8 @@ class RequestContext:
     principal: Principal | None = None
     # the upstream instance chosen by routing (URL); set by the forward stage or the session binding
     upstream_url: str | None = None
+    # the session's SessionBinding once looked up (routing caches it: one store round trip per request)
+    session_binding: Any = None
     started: float = field(default_factory=time.perf_counter)
     started_wall: float = field(default_factory=time.time)
     # headers filters want on the final answer (rate-limit headers, ...)

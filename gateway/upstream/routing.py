@@ -26,6 +26,11 @@ async def bound_session(ctx: RequestContext, sessions: SessionStore) -> SessionB
     """The binding of `ctx.session_id`, checked against the caller; sets `ctx.upstream_url`. 404 otherwise."""
     server = ctx.server
     assert server is not None and ctx.session_id is not None
+    cached = ctx.session_binding
+    if isinstance(cached, SessionBinding):
+        # an earlier stage (the breaker's) already looked it up: one store round trip per request
+        ctx.upstream_url = cached.upstream
+        return cached
     binding = await sessions.get(ctx.server_name, ctx.session_id)
     principal = ctx.principal.binding_id if ctx.principal is not None else None
     if binding is None or binding.principal != principal:
@@ -35,6 +40,7 @@ async def bound_session(ctx: RequestContext, sessions: SessionStore) -> SessionB
         await sessions.delete(ctx.server_name, ctx.session_id)
         raise SessionNotFound("session's upstream is gone; initialize a new one", reason="session_upstream_gone")
     ctx.upstream_url = binding.upstream
+    ctx.session_binding = binding
     return binding
 
 
