@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import pytest
@@ -206,5 +206,3 @@ async def test_closed_breakers_never_touch_redis_and_redis_down_means_local_deci
         await rep.store.stop()
         await rep.client.aclose()
         await admin.aclose()
-
-
