@@ -1,23 +1,45 @@
 """Prometheus metrics, on a registry owned by the app (no process-global singletons).
 
 Labels are bounded: server names come from policy, MCP methods from a fixed list (anything else is "other"),
-statuses are HTTP codes. Never a user id, key id or session id. Label children are cached so the request path does
-a dict lookup, not prometheus-client's label resolution.
+statuses are HTTP codes, upstreams are the origins named in policy, workers are indexes below `workers`. Never a
+user id, key id or session id. Label children are cached so the request path does a dict lookup, not
+prometheus-client's label resolution.
+
+With `workers: N > 1` the supervisor points PROMETHEUS_MULTIPROC_DIR at a fresh directory before the workers start:
+every value then lives in a per-process memory-mapped file and `/metrics` (whichever worker answers) merges them
+with `MultiProcessCollector`, so counters are totals over all workers. Each gauge declares how its per-worker
+values combine (`multiprocess_mode`); values computed at scrape time (`set_function`, samplers) are copied into
+the shared files periodically, because a scrape served by one worker cannot call into the others.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.auth.scopes import READ_METHODS, WRITE_METHODS
 from gateway.context import RequestContext
 
+log = structlog.get_logger("gateway.metrics")
+
 KNOWN_METHODS = frozenset(READ_METHODS | WRITE_METHODS | {"batch", "notification", "response", "stream", "delete"})
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# set by the worker supervisor for each worker process (gateway/workers.py)
+WORKER_INDEX_ENV = "MGW_WORKER_INDEX"
+# how often scrape-time values (sessions, pools, connections, function gauges) are written to the shared files
+SAMPLE_INTERVAL_SECONDS = 2.0
+
+Sampler = Callable[[], Awaitable[None] | None]
 
 
 def method_label(ctx: RequestContext) -> str:
@@ -38,9 +60,23 @@ def method_label(ctx: RequestContext) -> str:
     return env.method if env.method in KNOWN_METHODS else "other"
 
 
+def multiprocess_dir() -> str | None:
+    """The shared metrics directory when this process is one of several workers, else None."""
+    return os.environ.get(MULTIPROC_ENV) or None
+
+
+def worker_index() -> int:
+    try:
+        return int(os.environ.get(WORKER_INDEX_ENV, "0"))
+    except ValueError:
+        return 0
+
+
 class GatewayMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, registry: CollectorRegistry | None = None, worker: int | None = None) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.worker = worker_index() if worker is None else worker
+        self._multiproc_dir = multiprocess_dir()
         r = self.registry
         self.requests = Counter(
             "mcp_gateway_requests_total",
@@ -62,7 +98,12 @@ class GatewayMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.in_flight = Gauge("mcp_gateway_in_flight_requests", "Requests being handled now", registry=r)
+        self.in_flight = Gauge(
+            "mcp_gateway_in_flight_requests",
+            "Requests being handled now",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.decisions = Counter(
             "mcp_gateway_decisions_total",
             "Chain decisions by stage: refused, or shadow_refused (would refuse, mode: shadow)",
@@ -73,18 +114,62 @@ class GatewayMetrics:
             "mcp_gateway_policy_reloads_total", "Policy reloads by result", ["result"], registry=r
         )
         self.policy_reload_failed = Gauge(
-            "mcp_gateway_policy_last_reload_failed", "1 if the last policy reload failed", registry=r
+            "mcp_gateway_policy_last_reload_failed",
+            "1 if the last policy reload failed (in any worker)",
+            registry=r,
+            multiprocess_mode="livemax",
         )
         self.policy_info = Gauge(
             "mcp_gateway_policy_snapshot_info",
-            "The active policy snapshot (value 1)",
+            "The active policy snapshot (value 1; two versions at 1 means workers disagree, e.g. mid-reload)",
             ["version"],
             registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.worker_requests = Counter(
+            "mcp_gateway_worker_requests_total",
+            "Requests handled per worker process (index 0..workers-1): shows how the kernel spreads connections",
+            ["worker"],
+            registry=r,
+        )
+        self.sessions_open = Gauge(
+            "mcp_gateway_sessions_open",
+            "Session bindings (Mcp-Session-Id, legacy SSE) held by this gateway's processes",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.connections_open = Gauge(
+            "mcp_gateway_client_connections_open",
+            "Client TCP connections open now (keep-alive, streams and WebSockets included)",
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.pool_connections = Gauge(
+            "mcp_gateway_upstream_pool_connections",
+            "Upstream connection pool usage per upstream origin: in_use, idle, or waiting (requests queued "
+            "for a connection)",
+            ["upstream", "state"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
+        self.pool_limit = Gauge(
+            "mcp_gateway_upstream_pool_limit",
+            "Upstream connection pool size limit per upstream origin (summed over workers)",
+            ["upstream"],
+            registry=r,
+            multiprocess_mode="livesum",
         )
         self._req_children: dict[tuple[str, str, str], Any] = {}
         self._lat_children: dict[tuple[str, str], Any] = {}
         self._up_children: dict[str, Any] = {}
+        self._worker_child = self.worker_requests.labels(str(self.worker))
         self._policy_version: str | None = None
+        self._samplers: list[Sampler] = []
+        self._pool_labels: set[tuple[str, str]] = set()
+
+    @property
+    def multiprocess(self) -> bool:
+        return self._multiproc_dir is not None
 
     def observe(self, ctx: RequestContext) -> None:
         server = ctx.server_name if ctx.server is not None else "_unknown"
@@ -95,6 +180,7 @@ class GatewayMetrics:
         if child is None:
             child = self._req_children[key] = self.requests.labels(server, method, status)
         child.inc()
+        self._worker_child.inc()
         lkey = (server, method)
         lat = self._lat_children.get(lkey)
         if lat is None:
@@ -115,11 +201,73 @@ class GatewayMetrics:
         self.policy_reload_failed.set(0 if ok else 1)
         if version != self._policy_version:
             if self._policy_version is not None:
+                # in multiprocess mode `remove` leaves the value in the shared file: zero it first
+                self.policy_info.labels(self._policy_version).set(0)
                 self.policy_info.remove(self._policy_version)
             self.policy_info.labels(version).set(1)
             self._policy_version = version
 
+    # ------------------------------------------------------------------ scrape-time values
+
+    def add_sampler(self, sampler: Sampler) -> None:
+        """A callable that sets gauges from live state; run before every scrape and every few seconds."""
+        self._samplers.append(sampler)
+
+    def set_pool_stats(self, stats: dict[str, dict[str, int]]) -> None:
+        seen: set[tuple[str, str]] = set()
+        for upstream, entry in stats.items():
+            for state in ("in_use", "idle", "waiting"):
+                self.pool_connections.labels(upstream, state).set(entry.get(state, 0))
+                seen.add((upstream, state))
+            self.pool_limit.labels(upstream).set(entry.get("limit", 0))
+        for upstream, state in self._pool_labels - seen:
+            # a pool closed since the last sample (policy reload removed the upstream): report it as empty
+            self.pool_connections.labels(upstream, state).set(0)
+            self.pool_limit.labels(upstream).set(0)
+        self._pool_labels = seen | (self._pool_labels - seen)
+
+    async def refresh(self) -> None:
+        for sampler in self._samplers:
+            try:
+                result = sampler()
+                if result is not None:
+                    await result
+            except Exception:  # a broken sampler must not break the scrape
+                log.exception("metrics sampler failed")
+        if self.multiprocess:
+            self._copy_function_gauges()
+
+    def _copy_function_gauges(self) -> None:
+        # Gauges other modules back with `set_function` are computed at collect time, which MultiProcessCollector
+        # never does (it reads files only). Writing their current value into the file makes them visible from
+        # any worker. prometheus-client has no public API to enumerate collectors or function gauges.
+        collectors = list(getattr(self.registry, "_collector_to_names", {}))
+        for collector in collectors:
+            if not isinstance(collector, Gauge):
+                continue
+            children = [collector, *getattr(collector, "_metrics", {}).values()]
+            for gauge in children:
+                fn = vars(gauge).get("_child_samples")
+                if fn is None:
+                    continue
+                try:
+                    samples = list(fn())
+                except Exception:
+                    log.exception("function gauge failed", metric=collector._name)
+                    continue
+                if samples:
+                    gauge._value.set(samples[0].value)
+
+    async def sample_forever(self, interval: float = SAMPLE_INTERVAL_SECONDS) -> None:
+        while True:
+            await self.refresh()
+            await asyncio.sleep(interval)
+
     def render(self) -> bytes:
+        if self._multiproc_dir is not None:
+            merged = CollectorRegistry()
+            MultiProcessCollector(merged, path=self._multiproc_dir)  # type: ignore[no-untyped-call]
+            return generate_latest(merged)
         return generate_latest(self.registry)
 
 
@@ -127,5 +275,17 @@ METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics", GatewayMetrics)
 
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    body = request.app[METRICS].render()
+    metrics = request.app[METRICS]
+    await metrics.refresh()
+    # merging the workers' files is file I/O: keep it off the event loop
+    body = await asyncio.to_thread(metrics.render) if metrics.multiprocess else metrics.render()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def sampler_ctx(app: web.Application) -> AsyncIterator[None]:
+    """cleanup_ctx: keeps scrape-time gauges fresh in the shared files while the app runs."""
+    task = asyncio.create_task(app[METRICS].sample_forever(), name="metrics-sampler")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

@@ -1,19 +1,43 @@
-"""Process startup: event loop, logging, listener(s), signals."""
+"""Process startup: event loop, logging, listener, signals, graceful drain.
+
+`run()` either serves in this process (`workers: 1`, or when started as one of the supervisor's workers) or hands
+over to the worker supervisor (gateway/workers.py), which starts N processes that all listen on the same port
+with SO_REUSEPORT.
+
+Drain on SIGTERM/SIGINT, in order:
+  1. stop accepting: the listening socket closes, idle keep-alive connections close, busy ones close after their
+     current answer;
+  2. let in-flight requests finish, up to `http.shutdown_grace_seconds` (long-lived streams do not count: they
+     never finish by themselves);
+  3. end what is left properly: WebSockets get a close frame (1001 going away), server-sent event streams get
+     their final chunk (a clean end of stream, so clients reconnect elsewhere instead of seeing a broken
+     transfer); requests still running at the deadline are cancelled;
+  4. run the app's shutdown and cleanup (audit flush, pools closed) and exit 0.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import signal
+from collections.abc import Awaitable, Callable
 
 import structlog
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
 from gateway.app import build_app
 from gateway.logging import configure_logging
+from gateway.metrics import METRICS, sampler_ctx
+from gateway.sessions import SESSIONS
 from gateway.settings import Settings
+from gateway.upstream.pool import POOLS
 
 log = structlog.get_logger("gateway.server")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+# after the grace period, how long ended streams get to unwind before they are cancelled
+STREAM_CLOSE_SECONDS = 2.0
 
 
 def _install_uvloop() -> None:
@@ -23,35 +47,160 @@ def _install_uvloop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+class DrainTracker:
+    """Knows which requests are running and which of them are long-lived streams (SSE GET, WebSocket)."""
+
+    def __init__(self) -> None:
+        # keyed by id(): aiohttp requests are mappings, so they are not hashable
+        self._active: dict[int, web.BaseRequest] = {}
+        self._streams: dict[int, tuple[web.BaseRequest, web.StreamResponse]] = {}
+        self.draining = False
+
+    def install(self, app: web.Application) -> None:
+        active, streams = self._active, self._streams
+
+        @web.middleware
+        async def track(request: web.Request, handler: Handler) -> web.StreamResponse:
+            key = id(request)
+            active[key] = request
+            try:
+                return await handler(request)
+            finally:
+                active.pop(key, None)
+                streams.pop(key, None)
+
+        app.middlewares.append(track)
+        app.on_response_prepare.append(self._on_prepare)
+
+    async def _on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        long_lived = isinstance(response, web.WebSocketResponse) or (
+            request.method == "GET" and response.content_type == "text/event-stream"
+        )
+        if long_lived:
+            self._streams[id(request)] = (request, response)
+
+    @property
+    def busy(self) -> int:
+        """Requests in flight that are expected to finish by themselves."""
+        return sum(1 for key in self._active if key not in self._streams)
+
+    @property
+    def open_streams(self) -> int:
+        return len(self._streams)
+
+    async def end_streams(self) -> int:
+        """Close WebSockets with 1001 and finish SSE streams cleanly; returns how many were ended."""
+        streams = list(self._streams.values())
+        for request, response in streams:
+            try:
+                if isinstance(response, web.WebSocketResponse):
+                    async with asyncio.timeout(STREAM_CLOSE_SECONDS):
+                        await response.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
+                else:
+                    # the terminating chunk: the client sees a complete stream, not a reset connection
+                    async with asyncio.timeout(STREAM_CLOSE_SECONDS):
+                        await response.write_eof()
+            except Exception as exc:  # the peer may be gone already; cancelling below still ends the handler
+                log.debug("ending stream failed", error=repr(exc), path=request.path)
+            # the handler is still reading from its upstream: stop it, which closes the upstream request too
+            request.task.cancel()
+        return len(streams)
+
+    def cancel_remaining(self) -> int:
+        remaining = list(self._active.values())
+        for request in remaining:
+            request.task.cancel()
+        return len(remaining)
+
+    async def wait_idle(self, deadline: float, *, streams_too: bool = False) -> bool:
+        loop = asyncio.get_running_loop()
+        while loop.time() < deadline:
+            pending = len(self._active) if streams_too else self.busy
+            if pending == 0:
+                return True
+            await asyncio.sleep(0.05)
+        return False
+
+
+async def drain(runner: web.AppRunner, tracker: DrainTracker, grace: float) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + grace
+    tracker.draining = True
+    for site in list(runner.sites):
+        await site.stop()
+    if runner.server is not None:
+        runner.server.pre_shutdown()
+    log.info("draining", in_flight=tracker.busy, streams=tracker.open_streams, grace_seconds=grace)
+    finished = await tracker.wait_idle(deadline)
+    ended = await tracker.end_streams()
+    cancelled = 0
+    if not finished:
+        cancelled = tracker.cancel_remaining()
+    await tracker.wait_idle(loop.time() + STREAM_CLOSE_SECONDS, streams_too=True)
+    log.info("drained", in_flight_finished=finished, streams_ended=ended, cancelled_at_deadline=cancelled)
+
+
+def install_samplers(app: web.Application, runner: web.AppRunner) -> None:
+    """Gauges read from live state at scrape time (and every few seconds, for the other workers' scrapes)."""
+    metrics = app[METRICS]
+
+    async def sessions() -> None:
+        metrics.sessions_open.set(await app[SESSIONS].count())
+
+    def pools() -> None:
+        metrics.set_pool_stats(app[POOLS].stats())
+
+    def connections() -> None:
+        server = runner.server
+        metrics.connections_open.set(len(server.connections) if server is not None else 0)
+
+    metrics.add_sampler(sessions)
+    metrics.add_sampler(pools)
+    metrics.add_sampler(connections)
+
+
 async def serve(settings: Settings, reuse_port: bool = False) -> None:
     app = build_app(settings)
-    # handler_cancellation: a client that disconnects cancels its handler, which closes the upstream request
-    runner = web.AppRunner(
-        app, handler_cancellation=True, access_log=None, shutdown_timeout=settings.http.shutdown_grace_seconds
-    )
-    await runner.setup()
-    site = web.TCPSite(runner, settings.listen.host, settings.listen.port, reuse_port=reuse_port or None, backlog=1024)
-    await site.start()
-    log.info(
-        "gateway listening",
-        host=settings.listen.host,
-        port=settings.listen.port,
-        public_url=settings.public_url,
-    )
+    tracker = DrainTracker()
+    tracker.install(app)
+    app.cleanup_ctx.append(sampler_ctx)
+    # handler_cancellation: a client that disconnects cancels its handler, which closes the upstream request.
+    # shutdown_timeout only bounds what drain() left behind (normally nothing).
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=STREAM_CLOSE_SECONDS)
+    install_samplers(app, runner)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    await runner.setup()
     try:
+        site = web.TCPSite(
+            runner, settings.listen.host, settings.listen.port, reuse_port=reuse_port or None, backlog=1024
+        )
+        await site.start()
+        log.info(
+            "gateway listening",
+            host=settings.listen.host,
+            port=settings.listen.port,
+            public_url=settings.public_url,
+            reuse_port=reuse_port,
+        )
         await stop.wait()
+        await drain(runner, tracker, settings.http.shutdown_grace_seconds)
     finally:
         log.info("shutting down")
         await runner.cleanup()
+        log.info("stopped")
 
 
 def run(settings: Settings) -> int:
     configure_logging(settings.logging.level, settings.logging.format)
+    if settings.workers > 1:
+        from gateway.workers import is_worker, supervise
+
+        if not is_worker():
+            return supervise(settings)
     _install_uvloop()
-    asyncio.run(serve(settings))
+    asyncio.run(serve(settings, reuse_port=settings.workers > 1))
     return 0
