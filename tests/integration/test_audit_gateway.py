@@ -14,7 +14,7 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamablehttp_client
 
-from tests.harness import Gateway, default_policies, running, start_gateway, start_upstream
+from tests.harness import Gateway, PostgresInstance, default_policies, running, start_gateway, start_upstream
 from tests.integration.test_db_migrations import cli, temp_database
 
 pytestmark = pytest.mark.integration
@@ -203,5 +203,67 @@ async def test_postgres_sink_and_admin_api_scoped_by_tenant(postgres_dsn: str, t
         assert any(r["reason"] == "admin_scope_required" and r["stage"] == "authz" for r in admin_rows)
         assert any(r["rpc_method"] == "admin/audit.query" and r["risk"] == "high" for r in admin_rows)
         assert_no_secrets(gw, gw.logs(), repr(rows))
+        out = cli("audit", "verify", "--dsn", dsn)
+        assert out.returncode == 0, out.stdout + out.stderr
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"metric {name} not exported")
+
+
+async def test_gateway_keeps_every_record_across_a_postgres_outage(
+    private_postgres: PostgresInstance, tmp_path: Path
+) -> None:
+    async with temp_database(private_postgres.dsn) as dsn:
+        up = start_upstream(tmp_path, json_response=True)
+        config = {"postgres": {"dsn": dsn}, "audit": {"sink": "postgres", "reconnect_interval": 0.2}}
+        gw = start_gateway(tmp_path / "gw", default_policies(up.url), keys=KEYS, config=config)
+        sent: list[str] = []
+        with running(gw, up):
+            async with httpx.AsyncClient(timeout=10) as client:
+
+                async def burst(tag: str, n: int) -> None:
+                    async def one(i: int) -> None:
+                        rid = f"load-{tag}-{i}"
+                        headers = {**ACCEPT, **gw.auth("user"), "X-Request-ID": rid}
+                        resp = await client.post(gw.url(), content=orjson.dumps(INIT), headers=headers)
+                        assert resp.status_code == 200  # requests are served while PostgreSQL is down
+                        sent.append(rid)
+
+                    for start in range(0, n, 10):
+                        await asyncio.gather(*(one(i) for i in range(start, min(n, start + 10))))
+
+                await burst("before", 150)
+                await asyncio.to_thread(private_postgres.stop)
+                await burst("during", 150)
+
+                async def spooling() -> bool | None:
+                    text = (await client.get(f"{gw.base}/metrics")).text
+                    spooled = metric(text, "mcp_gateway_audit_records_spooled_total")
+                    return True if spooled > 0 and metric(text, "mcp_gateway_audit_sink_up") == 0 else None
+
+                await _poll(spooling)
+                await asyncio.to_thread(private_postgres.start)
+                await burst("after", 150)
+
+                async def replayed() -> bool | None:
+                    text = (await client.get(f"{gw.base}/metrics")).text
+                    done = metric(text, "mcp_gateway_audit_records_replayed_total")
+                    return True if done >= metric(text, "mcp_gateway_audit_records_spooled_total") > 0 else None
+
+                await _poll(replayed, timeout=30)
+                text = (await client.get(f"{gw.base}/metrics")).text
+                assert metric(text, "mcp_gateway_audit_records_dropped_total") == 0
+        assert gw.stop() == 0
+        conn = await asyncpg.connect(dsn)
+        try:
+            rows = await conn.fetch("SELECT request_id FROM audit_records WHERE request_id LIKE 'load-%'")
+        finally:
+            await conn.close()
+        got = [r["request_id"] for r in rows]
+        assert len(sent) == 450 and len(got) == len(sent) and set(got) == set(sent)
         out = cli("audit", "verify", "--dsn", dsn)
         assert out.returncode == 0, out.stdout + out.stderr
