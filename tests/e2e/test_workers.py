@@ -1,0 +1,143 @@
+"""`workers: 2`: two processes behind one port (SO_REUSEPORT) serve traffic, sessions shared through Redis, and
+`/metrics` totals, whichever worker answers the scrape, equal the requests sent, also after a worker is killed."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import secrets
+import signal
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from mcp import ClientSession
+from mcp.client.streamable_http import streamablehttp_client
+
+from tests.harness import Gateway, default_policies, running, start_gateway, start_upstream
+
+pytestmark = pytest.mark.e2e
+
+INIT = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
+}
+HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})? (\S+)$", line)
+        if m is None or m.group(1) != name:
+            continue
+        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
+        if all(got.get(k) == v for k, v in labels.items()):
+            total += float(m.group(4))
+    return total
+
+
+def worker_pids(supervisor: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # field 4 (after the parenthesised command) is the parent pid
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        if ppid == supervisor:
+            pids.append(int(entry.name))
+    return sorted(pids)
+
+
+async def scrape(gw: Gateway) -> str:
+    # a new client (new connection) per scrape, so scrapes land on either worker
+    async with httpx.AsyncClient() as c:
+        r = await c.get(f"{gw.base}/metrics")
+        assert r.status_code == 200
+        return r.text
+
+
+async def wait_totals(gw: Gateway, calls: int, inits: int) -> str:
+    deadline = time.monotonic() + 15
+    text = ""
+    while time.monotonic() < deadline:
+        text = await scrape(gw)
+        got_calls = sample(text, "mcp_gateway_requests_total", method="tools/call", status="200")
+        got_inits = sample(text, "mcp_gateway_requests_total", method="initialize", status="200")
+        if got_calls == calls and got_inits == inits:
+            return text
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"metrics never reached {calls} calls / {inits} initializes:\n{text}")
+
+
+async def sdk_session(gw: Gateway, n: int) -> None:
+    async with streamablehttp_client(gw.url(), headers=gw.auth("k1")) as (r, w, _), ClientSession(r, w) as s:
+        await s.initialize()
+        for i in range(2):
+            res = await s.call_tool("add", {"a": n, "b": i})
+            assert res.content[0].text == str(n + i)  # type: ignore[union-attr]
+
+
+async def raw_initializes(gw: Gateway, count: int) -> None:
+    for _ in range(count):
+        async with httpx.AsyncClient() as c:  # one connection each: the kernel spreads them over the workers
+            r = await c.post(gw.url(), headers={**HEADERS, **gw.auth("k1")}, json=INIT)
+            assert r.status_code == 200, r.text
+
+
+async def test_two_workers_one_port_metrics_totals(tmp_path: Path, redis_url: str) -> None:
+    up = start_upstream(tmp_path)
+    prefix = f"mgw-test-workers-{secrets.token_hex(4)}:"
+    gw = start_gateway(
+        tmp_path / "gw",
+        default_policies(up.url),
+        keys={"k1": {"tenant": "acme", "scopes": ["read", "write"]}},
+        config={"workers": 2, "redis": {"url": redis_url, "key_prefix": prefix}},
+    )
+    with running(gw, up):
+        deadline = time.monotonic() + 20
+        while len(worker_pids(gw.proc.pid)) < 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+        pids = worker_pids(gw.proc.pid)
+        assert len(pids) == 2
+
+        sessions = 6
+        await asyncio.gather(*(sdk_session(gw, n) for n in range(sessions)))
+        await raw_initializes(gw, 24)
+        calls, inits = sessions * 2, sessions + 24
+
+        text = await wait_totals(gw, calls, inits)
+        per_worker = [sample(text, "mcp_gateway_worker_requests_total", worker=str(i)) for i in range(2)]
+        assert all(n > 0 for n in per_worker), f"one worker served everything: {per_worker}"
+        for _ in range(6):  # every scrape, whichever worker answers it, shows the same totals
+            text = await scrape(gw)
+            assert sample(text, "mcp_gateway_requests_total", method="tools/call", status="200") == calls
+            assert sample(text, "mcp_gateway_requests_total", method="initialize", status="200") == inits
+
+        # a crashed worker is restarted; what it counted stays in the totals
+        os.kill(pids[0], signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            now = worker_pids(gw.proc.pid)
+            if len(now) == 2 and pids[0] not in now:
+                break
+            await asyncio.sleep(0.1)
+        assert len(worker_pids(gw.proc.pid)) == 2 and pids[0] not in worker_pids(gw.proc.pid)
+        await asyncio.sleep(0.5)  # the restarted worker binds the port
+        await raw_initializes(gw, 10)
+        await sdk_session(gw, 100)
+        await wait_totals(gw, calls + 2, inits + 11)
+
+        gw.proc.signal(signal.SIGTERM)
+        assert gw.proc.popen is not None
+        assert gw.proc.popen.wait(30) == 0
+        assert worker_pids(gw.proc.pid) == []
