@@ -290,7 +290,9 @@ class HealthMonitor:
         async with session.post(url, data=orjson.dumps(body), headers=headers, allow_redirects=False) as resp:
             if resp.status >= 500:
                 raise ProbeFailed(f"server/discover answered {resp.status}")
-            msg = await _read_message(resp, "gateway-health")
+            # any JSON-RPC answer will do (an SDK may answer an unusable request with its own id, e.g.
+            # "server-error"): the process is up and speaking JSON-RPC
+            msg = await _read_message(resp, None)
             if msg is None:
                 raise ProbeFailed(f"server/discover answered {resp.status} without a JSON-RPC response")
 
@@ -341,8 +343,8 @@ class HealthMonitor:
         return headers
 
 
-async def _read_message(resp: aiohttp.ClientResponse, rpc_id: str) -> dict[str, Any] | None:
-    """The JSON-RPC response with `rpc_id` from a JSON or SSE answer (bounded read)."""
+async def _read_message(resp: aiohttp.ClientResponse, rpc_id: str | None) -> dict[str, Any] | None:
+    """The JSON-RPC response with `rpc_id` (None: any response) from a JSON or SSE answer (bounded read)."""
     buf = bytearray()
     ctype = resp.headers.get("Content-Type", "")
     async for chunk in resp.content.iter_any():
@@ -359,12 +361,16 @@ async def _read_message(resp: aiohttp.ClientResponse, rpc_id: str) -> dict[str, 
         msg = orjson.loads(buf)
     except orjson.JSONDecodeError:
         return None
-    if isinstance(msg, dict) and msg.get("id") == rpc_id:
-        return msg
-    return None
+    return msg if _matches(msg, rpc_id) else None
 
 
-def _find_in_sse(data: bytes, rpc_id: str) -> dict[str, Any] | None:
+def _matches(msg: Any, rpc_id: str | None) -> bool:
+    if not isinstance(msg, dict) or ("result" not in msg and "error" not in msg):
+        return False
+    return rpc_id is None or msg.get("id") == rpc_id
+
+
+def _find_in_sse(data: bytes, rpc_id: str | None) -> dict[str, Any] | None:
     for line in data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n"):
         if not line.startswith(b"data:"):
             continue
@@ -372,8 +378,8 @@ def _find_in_sse(data: bytes, rpc_id: str) -> dict[str, Any] | None:
             msg = orjson.loads(line[5:].strip())
         except orjson.JSONDecodeError:
             continue
-        if isinstance(msg, dict) and msg.get("id") == rpc_id:
-            return msg
+        if _matches(msg, rpc_id):
+            return msg  # type: ignore[no-any-return]
     return None
 
 
