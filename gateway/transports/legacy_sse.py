@@ -151,6 +151,10 @@ class LegacySseHandler:
                         await out.write(KEEPALIVE_COMMENT)
                     continue
                 if not chunk:
+                    rest = parser.leftover()
+                    if rest:
+                        async with live.lock:
+                            await out.write(rest)
                     break
                 for ev in parser.feed(chunk):
                     raw = ev.raw

@@ -23,13 +23,12 @@ from gateway.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnava
 from gateway.policy.servers import ServerPolicy
 from gateway.upstream.headers import client_response_headers, upstream_request_headers
 from gateway.upstream.pool import UpstreamPools
-from gateway.upstream.sse import SseParser, encode_event
+from gateway.upstream.sse import SseParser, encode_event, ends_at_event_boundary
 
 log = structlog.get_logger("gateway.upstream")
 
 KEEPALIVE_COMMENT = b": keepalive\n\n"
 MAX_TRANSFORM_BYTES = 32 * 1024 * 1024
-_EVENT_BOUNDARY = (b"\n\n", b"\r\r", b"\r\n\r\n")
 
 
 class HttpForwarder:
@@ -161,7 +160,7 @@ class HttpForwarder:
                 async with asyncio.timeout(keepalive):
                     chunk = await content.readany()
             except TimeoutError:
-                if tail.endswith(_EVENT_BOUNDARY):
+                if ends_at_event_boundary(tail):
                     await out.write(KEEPALIVE_COMMENT)
                 continue
             if not chunk:
@@ -183,6 +182,10 @@ class HttpForwarder:
                 await out.write(KEEPALIVE_COMMENT)  # the parser emits whole events, so we are at a boundary
                 continue
             if not chunk:
+                rest = parser.leftover()
+                if rest:
+                    ctx.bytes_out += len(rest)
+                    await out.write(rest)
                 return
             for ev in parser.feed(chunk):
                 raw = ev.raw

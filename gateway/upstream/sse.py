@@ -40,6 +40,19 @@ def encode_event(
     return ("\n".join(parts) + "\n\n").encode()
 
 
+def ends_at_event_boundary(tail: bytes) -> bool:
+    """True when bytes ending in `tail` (its last 4 bytes suffice) end an event: two line ends in a row, where CRLF
+    counts as one. A comment written there cannot split an event. A lone trailing CR may still be the first half of
+    a CRLF; if the LF follows after our comment it only adds an empty line, which dispatches nothing."""
+    if tail.endswith(b"\r\n"):
+        body = tail[:-2]
+    elif tail.endswith((b"\n", b"\r")):
+        body = tail[:-1]
+    else:
+        return False
+    return body.endswith((b"\n", b"\r"))
+
+
 class SseParser:
     def __init__(self) -> None:
         self._buf = bytearray()
@@ -91,6 +104,11 @@ class SseParser:
             self._event_start = 0
         self._scan = i
         return events
+
+    def leftover(self) -> bytes:
+        """Bytes received but not part of an emitted event (an unfinished event, or the LF of a CRLF whose CR
+        ended the last event). A relay writes them at end of stream so nothing is lost."""
+        return bytes(self._buf[self._event_start :])
 
     def _line(self, line: bytes, end: int) -> SseEvent | None:
         if not line:
