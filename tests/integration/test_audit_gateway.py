@@ -14,7 +14,15 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamablehttp_client
 
-from tests.harness import Gateway, PostgresInstance, default_policies, running, start_gateway, start_upstream
+from tests.harness import (
+    Gateway,
+    PostgresInstance,
+    default_policies,
+    free_port,
+    running,
+    start_gateway,
+    start_upstream,
+)
 from tests.integration.test_db_migrations import cli, temp_database
 
 pytestmark = pytest.mark.integration
@@ -52,6 +60,19 @@ async def drive_refusals(gw: Gateway) -> None:
     assert 429 in statuses, statuses
 
 
+async def drive_breaker_and_body_cap(gw: Gateway) -> None:
+    """An unreachable upstream (502, forward error) opens its breaker (503), and a body over the cap (413)."""
+    async with httpx.AsyncClient(timeout=10) as client:
+        url = f"{gw.base}/mcp/dead"
+        first = await client.post(url, content=orjson.dumps(LIST), headers={**ACCEPT, **gw.auth("user")})
+        assert first.status_code == 502, first.text
+        second = await client.post(url, content=orjson.dumps(LIST), headers={**ACCEPT, **gw.auth("user")})
+        assert second.status_code == 503, second.text
+        big = b'{"jsonrpc":"2.0","id":9,"method":"tools/list","params":{"x":"' + b"a" * 70_000 + b'"}}'
+        resp = await client.post(gw.url(), content=big, headers={**ACCEPT, **gw.auth("user")})
+        assert resp.status_code == 413, resp.text
+
+
 KEYS: dict[str, dict[str, Any]] = {
     "user": {"tenant": "acme", "scopes": ["read", "write"]},
     "reader": {"tenant": "acme", "scopes": ["read"]},
@@ -76,6 +97,20 @@ def check_refusals(records: list[dict[str, Any]]) -> None:
     limited = refusal(records, "rate_limited")
     assert (limited["stage"], limited["decision"], limited["http_status"]) == ("ratelimit", "refused", 429)
     assert limited["key_id"] == "limited" and limited["rpc_error_code"] is not None
+    if any(r["server"] == "dead" for r in records):
+        down = refusal(records, "upstream_unreachable")
+        assert (down["stage"], down["decision"], down["http_status"], down["server"]) == (
+            "forward",
+            "error",
+            502,
+            "dead",
+        )
+        assert down["upstream"] == DEAD_URL and down["risk"] == "medium"
+        opened = refusal(records, "circuit_open")
+        assert (opened["stage"], opened["decision"], opened["http_status"]) == ("breaker", "refused", 503)
+        big = refusal(records, "body_too_large")
+        assert (big["decision"], big["http_status"], big["bytes_in"]) == ("refused", 413, 0)
+        assert big["stage"] is not None
     call = [r for r in records if r["rpc_method"] == "tools/call" and r["decision"] == "allowed"]
     assert call and call[0]["tool"] == "add" and call[0]["upstream_status"] == 200
     assert call[0]["upstream"].startswith("http://127.0.0.1:") and call[0]["latency_ms"] > 0
@@ -87,15 +122,32 @@ def assert_no_secrets(gw: Gateway, *texts: str) -> None:
     for text in texts:
         for secret in secrets:
             assert secret not in text
-            assert secret.rsplit("_", 1)[1] not in text
+            assert secret.split("_", 2)[2] not in text  # the secret part alone (mgw_<id>_<secret>)
+
+
+DEAD_URL = f"http://127.0.0.1:{free_port()}/mcp"
+
+
+def with_dead_server(policies: dict[str, Any]) -> dict[str, Any]:
+    """Adds server `dead` (nothing listens there) whose breaker opens after one failure; a 64 KiB body cap."""
+    servers = policies["servers.yaml"]["servers"]
+    servers["dead"] = {
+        "upstreams": [{"url": DEAD_URL}],
+        "owner": "acme",
+        "health": {"enabled": False},
+        "breaker": {"consecutive_failures": 1, "min_calls": 1, "open_seconds": 60},
+    }
+    servers["example"]["max_body_bytes"] = 65536
+    return policies
 
 
 async def test_file_sink_records_every_refusal_with_its_stage(tmp_path: Path) -> None:
     up = start_upstream(tmp_path)
-    gw = start_gateway(tmp_path / "gw", default_policies(up.url, audit_arguments=True), keys=KEYS)
+    gw = start_gateway(tmp_path / "gw", with_dead_server(default_policies(up.url, audit_arguments=True)), keys=KEYS)
     with running(gw, up):
         await sdk_call(gw, "user")
         await drive_refusals(gw)
+        await drive_breaker_and_body_cap(gw)
         async with httpx.AsyncClient(timeout=10) as client:
             metrics = (await client.get(f"{gw.base}/metrics")).text
         assert 'mcp_gateway_audit_records_dropped_total{reason="queue_full"} 0.0' in metrics
@@ -133,7 +185,7 @@ async def admin_query(gw: Gateway, key_id: str, **params: str) -> httpx.Response
 async def test_postgres_sink_and_admin_api_scoped_by_tenant(postgres_dsn: str, tmp_path: Path) -> None:
     async with temp_database(postgres_dsn) as dsn:
         up = start_upstream(tmp_path)
-        policies = default_policies(up.url, audit_arguments=True, shared_with=["globex"])
+        policies = with_dead_server(default_policies(up.url, audit_arguments=True, shared_with=["globex"]))
         policies["tenants.yaml"]["tenants"]["globex"] = {"servers": []}
         keys = {
             **KEYS,
@@ -147,6 +199,7 @@ async def test_postgres_sink_and_admin_api_scoped_by_tenant(postgres_dsn: str, t
             await sdk_call(gw, "user")
             await sdk_call(gw, "userb")
             await drive_refusals(gw)
+            await drive_breaker_and_body_cap(gw)
 
             async def acme_page() -> list[dict[str, Any]] | None:
                 resp = await admin_query(gw, "admina", server="example", limit="1000")
@@ -173,6 +226,10 @@ async def test_postgres_sink_and_admin_api_scoped_by_tenant(postgres_dsn: str, t
             # filters and keyset pagination: pages of 2 cover the filtered set exactly once
             refused = (await admin_query(gw, "admina", decision="refused", server="example")).json()["records"]
             assert {r["stage"] for r in refused} == {"authz", "ratelimit"}
+            # refusals before authentication (bad key, body over the cap) have no tenant: no tenant admin sees them
+            assert not any(r["reason"] in ("unknown_key", "body_too_large") for r in refused)
+            breaker = (await admin_query(gw, "admina", server="dead", stage="breaker")).json()["records"]
+            assert [r["reason"] for r in breaker] == ["circuit_open"]
             seen: list[str] = []
             cursor: str | None = None
             for _ in range(100):
