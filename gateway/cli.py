@@ -61,7 +61,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides["host"] = args.host
     if overrides:
         settings = settings.model_copy(update={"listen": settings.listen.model_copy(update=overrides)})
-    return run(settings)
+    from gateway.policy.loader import PolicyError
+
+    try:
+        return run(settings)
+    except PolicyError as exc:
+        # the first load has no last good snapshot to fall back on: say exactly what to fix, not a traceback
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print("error: the gateway did not start; `mcp-gateway check` validates the policies", file=sys.stderr)
+        return 1
 
 
 def build_parser() -> argparse.ArgumentParser:

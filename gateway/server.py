@@ -173,8 +173,9 @@ async def serve(settings: Settings, reuse_port: bool = False) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
-    await runner.setup()
     try:
+        # inside the try: a failed startup (a broken policy) still runs the cleanup of what did start
+        await runner.setup()
         site = web.TCPSite(
             runner, settings.listen.host, settings.listen.port, reuse_port=reuse_port or None, backlog=1024
         )
