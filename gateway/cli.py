@@ -21,8 +21,9 @@ SUBCOMMAND_MODULES: tuple[str, ...] = (
 def _cmd_check(args: argparse.Namespace) -> int:
     from gateway.policy.loader import PolicyError, load_policy
 
-    directory = Path(args.directory)
-    if args.directory is None:
+    if args.directory is not None:
+        directory = Path(args.directory)
+    else:
         from gateway.settings import SettingsError, load_settings
 
         try:

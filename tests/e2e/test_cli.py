@@ -1,0 +1,111 @@
+"""The `mcp-gateway` command as ops run it: `check` (offline validation), `schema`, and `run` refusing bad input."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.harness import PYTHON, ROOT, free_port, port_open
+
+pytestmark = pytest.mark.e2e
+
+FIXTURES = ROOT / "tests" / "fixtures" / "policies"
+EXE = str(Path(PYTHON).parent / "mcp-gateway")
+
+
+def cli(*args: str, cwd: Path = ROOT, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([EXE, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def broken_copy(tmp_path: Path, case: str) -> Path:
+    target = tmp_path / "policies"
+    shutil.copytree(FIXTURES / "good", target)
+    for f in (FIXTURES / "broken" / case).iterdir():
+        shutil.copy(f, target / f.name)
+    return target
+
+
+def test_check_good_directory_exits_0() -> None:
+    r = cli("check", str(FIXTURES / "good"))
+    assert r.returncode == 0, r.stderr
+    assert "ok (version" in r.stdout and "2 servers, 2 tenants, 2 keys" in r.stdout
+
+
+def test_check_without_directory_uses_config_yaml() -> None:
+    r = cli("check")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith(str(ROOT / "policies")) and "ok (version" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("case", "line"),
+    [
+        ("unknown_key", "error: servers.yaml: servers.example.timeouts.conect: Extra inputs are not permitted"),
+        ("bad_yaml", "error: servers.yaml: line 5, column 6: invalid YAML: expected <block end>"),
+        ("unknown_tenant", "error: keys.yaml: keys[0].tenant: unknown tenant 'initech'"),
+        ("bad_cidr", "error: keys.yaml: keys[0].allow_ips[1]: not an IP network: '10.0.0.0/33'"),
+        ("duplicate_key_id", "error: keys.yaml: keys[1].id: duplicate key id 'acme1'"),
+        ("unknown_file", "error: server.yaml: unknown policy file"),
+        ("wrong_type", "error: tenants.yaml: tenants.acme.weight: Input should be a valid number"),
+    ],
+)
+def test_check_broken_directory_names_file_path_reason(tmp_path: Path, case: str, line: str) -> None:
+    directory = broken_copy(tmp_path, case)
+    r = cli("check", str(directory))
+    assert r.returncode == 1
+    assert any(out.startswith(line) for out in r.stderr.splitlines()), r.stderr
+    assert r.stderr.rstrip().endswith("1 problem(s)") and r.stdout == ""
+
+
+def test_check_missing_directory(tmp_path: Path) -> None:
+    r = cli("check", str(tmp_path / "absent"))
+    assert r.returncode == 1 and "policy directory does not exist" in r.stderr
+
+
+def test_check_with_broken_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text("listen: {port: many}\n")
+    r = cli("check", "--config", str(cfg))
+    assert r.returncode == 2 and f"{cfg}: listen.port" in r.stderr
+
+
+def test_schema_command(tmp_path: Path) -> None:
+    assert cli("schema", "--check", str(ROOT / "policies" / "schema")).returncode in (0, 1)
+    w = cli("schema", "--write", str(tmp_path))
+    assert w.returncode == 0 and len(w.stdout.split()) == 5
+    assert cli("schema", "--check", str(tmp_path)).returncode == 0
+    (tmp_path / "keys.schema.json").write_text("{}\n")
+    stale = cli("schema", "--check", str(tmp_path))
+    assert stale.returncode == 1 and "keys.schema.json" in stale.stderr
+    printed = cli("schema", "--file", "keys.yaml")
+    assert printed.returncode == 0 and '"title": "MCP gateway policy: keys.yaml"' in printed.stdout
+
+
+def test_run_refuses_a_broken_policy_with_a_clear_message(tmp_path: Path) -> None:
+    directory = broken_copy(tmp_path, "unknown_tenant")
+    port = free_port()
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "listen": {"host": "127.0.0.1", "port": port},
+                "policies_dir": str(directory),
+                "audit": {"sink": "file", "path": str(tmp_path / "audit.jsonl")},
+                "api_keys": {"hmac_secret": {"file": str(ROOT / "dev" / "apikey-secret")}},
+            }
+        )
+    )
+    r = cli("run", "--config", str(cfg))
+    assert r.returncode == 1
+    assert "error: keys.yaml: keys[0].tenant: unknown tenant 'initech'" in r.stderr
+    assert "Traceback" not in r.stderr and "Unclosed" not in r.stderr
+    assert not port_open(port)
+
+
+def test_run_with_missing_config_exits_2(tmp_path: Path) -> None:
+    r = cli("run", "--config", str(tmp_path / "nope.yaml"))
+    assert r.returncode == 2 and "cannot read" in r.stderr
