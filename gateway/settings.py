@@ -82,6 +82,16 @@ class AuditSettings(Model):
 class ApiKeySettings(Model):
     # the server secret that keys the HMAC of stored key hashes
     hmac_secret: SecretRef = Field(default_factory=lambda: SecretRef(env="MGW_APIKEY_SECRET"))
+    # also look keys up in PostgreSQL (table mgw_api_keys) when postgres.dsn is set (docs/identity.md)
+    postgres_store: bool = True
+    # how long a key read from PostgreSQL is trusted before it is read again (revocations by another replica
+    # take effect within this); unknown ids are remembered for `negative_cache_seconds`
+    cache_seconds: PositiveFloat = 5.0
+    negative_cache_seconds: PositiveFloat = 2.0
+    # longest wait for the key store on a cache miss before answering 503
+    lookup_timeout_seconds: PositiveFloat = 1.0
+    # usage counters (requests, last use per key) are written in batches this often
+    usage_flush_seconds: PositiveFloat = 10.0
 
 
 class HttpSettings(Model):

@@ -1,6 +1,7 @@
 """Authentication of the admin API: a credential whose scopes include `admin`.
 
-Reuses the chain's authn stage (same keys, same JWT rules) so there is one way to prove who you are.
+Reuses the chain's authn stage (same keys, same checks: revocation, expiry, IP allowlist) so there is one way to
+prove who you are. The admin API is not an MCP route, so it accepts API keys only.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from gateway.auth.principal import Principal
 from gateway.context import RequestContext
 from gateway.errors import Forbidden, GatewayError, render_error
 from gateway.policy.store import POLICY
+from gateway.runtime import RUNTIME
 
 
 async def require_admin(request: web.Request) -> Principal:
@@ -22,7 +24,8 @@ async def require_admin(request: web.Request) -> Principal:
         snapshot=active.snapshot,
         server_name="_admin",
         server=None,
-        client_ip=request.remote or "",
+        # the same address the MCP routes see, so a key's IP allowlist means the same thing here
+        client_ip=request.app[RUNTIME].client_ip.resolve(request.remote, request.headers.get("X-Forwarded-For")),
         transport="admin",
         http_method=request.method,
         request=request,

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gateway.auth.tools import ToolMatcher
 
 ANONYMOUS_ROLE = "anonymous"
 
@@ -16,6 +20,10 @@ class Principal:
     key_id: str | None = None
     # "api_key", "jwt" or "anonymous"
     method: str = "api_key"
+    # the JWT issuer; part of the session binding so equal `sub`s of two issuers never share a session
+    issuer: str | None = None
+    # the credential's own tool allow/deny rules (API keys), compiled when the key was loaded
+    tools: ToolMatcher | None = field(default=None, compare=False)
 
     @property
     def is_anonymous(self) -> bool:
@@ -24,10 +32,10 @@ class Principal:
     @property
     def binding_id(self) -> str:
         """What a session is bound to: stable for one caller, distinct between callers."""
+        if self.method == "jwt":
+            return f"jwt:{self.issuer}:{self.tenant}:{self.subject}"
         return f"{self.method}:{self.tenant}:{self.key_id or self.subject}"
 
 
-def anonymous_principal() -> Principal:
-    return Principal(
-        tenant=None, subject="anonymous", role=ANONYMOUS_ROLE, scopes=frozenset({"read"}), method="anonymous"
-    )
+def anonymous_principal(scopes: frozenset[str] = frozenset({"read"})) -> Principal:
+    return Principal(tenant=None, subject="anonymous", role=ANONYMOUS_ROLE, scopes=scopes, method="anonymous")

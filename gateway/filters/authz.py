@@ -1,33 +1,110 @@
 """Stage 3: authorization: the tenant may reach the server, the scope allows the method, the tool is allowed.
 
-Refusals are 403 with a JSON-RPC error, never 404 (MCP clients read 404 as 'session gone').
+Tool rules come from three places, all checked: the tenant's own (tenants.yaml), access.yaml rules matching the
+tenant, server and role, and the credential's (keys). Deny wins; a rule in `mode: shadow` is evaluated and recorded
+(`ctx.shadow`, metric) but not enforced. A denied tool is also removed from `tools/list` answers (JSON and SSE,
+through `ctx.transform`), so a client never sees what it may not call.
+
+Refusals are 403 with a JSON-RPC error, never 404 (MCP clients read 404 as 'session gone'). On OAuth routes a
+scope refusal carries `WWW-Authenticate: Bearer error="insufficient_scope"` so a client can step up; other routes
+and other refusals carry no challenge (it would start an OAuth flow that cannot help).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
+from functools import partial
+from typing import Any
 
 from aiohttp import web
 
-from gateway.auth.scopes import scope_allows
-from gateway.context import RequestContext
+from gateway.auth.principal import Principal
+from gateway.auth.scopes import required_scope, scope_allows
+from gateway.auth.state import AUTH, metadata_url
+from gateway.auth.tokens import oauth_scopes_for
+from gateway.auth.tools import ToolMatcher, ToolPolicy
+from gateway.context import RequestContext, ShadowDecision
 from gateway.errors import Forbidden
-from gateway.jsonrpc import Kind
+from gateway.jsonrpc import JsonRpcId, Kind
+from gateway.policy.access import AccessRule
 from gateway.policy.snapshot import Snapshot
 from gateway.policy.tenants import ToolRules
 
+_MEMO_LIMIT = 4096
+
 
 def tool_allowed(rules: ToolRules, tool: str) -> bool:
-    if any(fnmatchcase(tool, pat) for pat in rules.deny):
-        return False
-    return not rules.allow or any(fnmatchcase(tool, pat) for pat in rules.allow)
+    """Whether one rule list lets `tool` through (its mode aside). Kept for callers outside the chain."""
+    return ToolMatcher(rules.allow, rules.deny).allows(tool)
+
+
+def _matcher(rules: ToolRules, source: str) -> ToolMatcher | None:
+    if not rules.allow and not rules.deny:
+        return None
+    return ToolMatcher(rules.allow, rules.deny, shadow=rules.mode == "shadow", source=source)
+
+
+@dataclass(frozen=True, slots=True)
+class _AccessMatcher:
+    tenant: str
+    role: str
+    matcher: ToolMatcher
+
+    def applies(self, tenant: str, role: str) -> bool:
+        return fnmatchcase(tenant, self.tenant) and fnmatchcase(role, self.role)
+
+
+def _access_for_server(rules: tuple[AccessRule, ...], server: str) -> tuple[_AccessMatcher, ...]:
+    out: list[_AccessMatcher] = []
+    for i, rule in enumerate(rules):
+        if not fnmatchcase(server, rule.server):
+            continue
+        m = _matcher(rule.tools, f"access[{i}]")
+        if m is not None:
+            out.append(_AccessMatcher(rule.tenant, rule.role, m))
+    return tuple(out)
+
+
+@dataclass(frozen=True, slots=True)
+class _OAuthRoute:
+    resource_metadata: str
+    scopes_for: Callable[[str], list[str]]
+
+
+def _list_filter(
+    policy: ToolPolicy, extra: ToolMatcher | None, ids: frozenset[JsonRpcId]
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    def transform(msg: dict[str, Any]) -> dict[str, Any]:
+        if msg.get("id") not in ids:
+            return msg
+        result = msg.get("result")
+        if not isinstance(result, dict):
+            return msg
+        tools = result.get("tools")
+        if not isinstance(tools, list):
+            return msg
+        kept = [
+            t
+            for t in tools
+            # a tool without a readable name cannot be checked, so it is not shown
+            if isinstance(t, dict) and isinstance(t.get("name"), str) and policy.verdict(t["name"], extra).allowed
+        ]
+        if len(kept) == len(tools):
+            return msg
+        return {**msg, "result": {**result, "tools": kept}}
+
+    return transform
 
 
 class Authz:
     stage = "authz"
 
-    def __init__(self, snapshot: Snapshot) -> None:
+    def __init__(self, snapshot: Snapshot, public_url: str, on_deny: Any = None, on_shadow: Any = None) -> None:
         self._snapshot = snapshot
+        self._on_deny: Callable[[str, str], None] | None = on_deny
+        self._on_shadow: Callable[[str], None] | None = on_shadow
         # server -> tenants allowed (None = any tenant), compiled once per snapshot
         self._reach: dict[str, frozenset[str] | None] = {}
         owners: dict[str, set[str]] = {name: set() for name in snapshot.servers}
@@ -42,29 +119,109 @@ class Authz:
                 self._reach[name] = None
             else:
                 self._reach[name] = frozenset(allowed | set(server.shared_with))
+        self._tenant_tools: dict[str, ToolMatcher | None] = {
+            name: _matcher(t.tools, "tenant") for name, t in snapshot.tenants.items()
+        }
+        self._access: dict[str, tuple[_AccessMatcher, ...]] = {
+            name: _access_for_server(snapshot.access_rules, name) for name in snapshot.servers
+        }
+        self._oauth: dict[str, _OAuthRoute] = {}
+        for name, server in snapshot.servers.items():
+            jwt_policy = server.auth.jwt
+            if server.auth.oauth and jwt_policy is not None:
+                self._oauth[name] = _OAuthRoute(metadata_url(public_url, name), partial(oauth_scopes_for, jwt_policy))
+        # (server, tenant, role) -> compiled tool policy; filled on first use, bounded (roles come from tokens)
+        self._policies: dict[tuple[str, str, str], ToolPolicy] = {}
+
+    def tool_policy(self, server: str, principal: Principal) -> ToolPolicy:
+        tenant = principal.tenant or ""
+        key = (server, tenant, principal.role)
+        policy = self._policies.get(key)
+        if policy is not None:
+            return policy
+        matchers: list[ToolMatcher] = []
+        own = self._tenant_tools.get(tenant)
+        if own is not None:
+            matchers.append(own)
+        matchers.extend(a.matcher for a in self._access.get(server, ()) if a.applies(tenant, principal.role))
+        policy = ToolPolicy(tuple(matchers))
+        if len(self._policies) >= _MEMO_LIMIT:
+            self._policies.clear()
+        self._policies[key] = policy
+        return policy
+
+    def _deny(self, ctx: RequestContext, message: str, reason: str, headers: dict[str, str] | None = None) -> Forbidden:
+        if self._on_deny is not None:
+            self._on_deny(ctx.server_name, reason)
+        return Forbidden(message, reason=reason, headers=headers)
 
     async def __call__(self, ctx: RequestContext) -> None:
         principal = ctx.principal
         if principal is None:  # authn always sets one; refuse closed if it did not
-            raise Forbidden("no principal", reason="no_principal")
+            raise self._deny(ctx, "no principal", "no_principal")
+        server = ctx.server_name
         if not principal.is_anonymous:
-            reach = self._reach.get(ctx.server_name, frozenset())
+            reach = self._reach.get(server, frozenset())
             if reach is not None and principal.tenant not in reach:
-                raise Forbidden(f"tenant may not use server {ctx.server_name!r}", reason="server_not_allowed")
-        tenant = self._snapshot.tenants.get(principal.tenant or "")
-        key = self._snapshot.keys.get(principal.key_id) if principal.key_id else None
+                raise self._deny(ctx, f"tenant may not use server {server!r}", "server_not_allowed")
+        policy: ToolPolicy | None = None
+        list_ids: list[JsonRpcId] = []
         for env in ctx.envelopes:
             if env.kind is not Kind.REQUEST or env.method is None:
                 continue
-            if not scope_allows(principal.scopes, env.method):
-                raise Forbidden(f"scope does not allow {env.method}", reason="scope_denied")
+            method = env.method
+            if not scope_allows(principal.scopes, method):
+                raise self._scope_denied(ctx, principal, method)
+            if method == "tools/list":
+                list_ids.append(env.id)
+                continue
             tool = env.tool
-            if tool is not None:
-                if tenant is not None and not tool_allowed(tenant.tools, tool):
-                    raise Forbidden(f"tool {tool!r} is not allowed", reason="tool_denied")
-                if key is not None and not tool_allowed(key.tools, tool):
-                    raise Forbidden(f"tool {tool!r} is not allowed", reason="tool_denied")
+            if tool is None:
+                continue
+            if policy is None:
+                policy = self.tool_policy(server, principal)
+            verdict = policy.verdict(tool, principal.tools)
+            if verdict.shadow_denied_by:
+                self._shadow(ctx, tool, verdict.shadow_denied_by)
+            if not verdict.allowed:
+                ctx.notes["tool_denied_by"] = verdict.denied_by
+                raise self._deny(ctx, f"tool {tool!r} is not allowed", "tool_denied")
+        if list_ids:
+            policy = policy or self.tool_policy(server, principal)
+            extra = principal.tools if principal.tools is not None and not principal.tools.shadow else None
+            if policy.filters_lists or extra is not None:
+                ctx.transform = _list_filter(policy, extra, frozenset(list_ids))
+
+    def _scope_denied(self, ctx: RequestContext, principal: Principal, method: str) -> Forbidden:
+        need = required_scope(method)
+        headers: dict[str, str] | None = None
+        oauth = self._oauth.get(ctx.server_name)
+        if oauth is not None and principal.method == "jwt":
+            scope = " ".join(oauth.scopes_for(need))
+            headers = {
+                "WWW-Authenticate": (
+                    f'Bearer error="insufficient_scope", scope="{scope}", resource_metadata="{oauth.resource_metadata}"'
+                )
+            }
+        err = self._deny(ctx, f"scope does not allow {method}", "scope_denied", headers)
+        err.data["requiredScope"] = need
+        return err
+
+    def _shadow(self, ctx: RequestContext, tool: str, sources: tuple[str, ...]) -> None:
+        ctx.shadow.append(ShadowDecision("authz", "tool_denied"))
+        ctx.notes["shadow_tool_denied_by"] = list(sources)
+        if self._on_shadow is not None:
+            self._on_shadow(ctx.server_name)
 
 
 def build(snapshot: Snapshot, app: web.Application) -> Authz:
-    return Authz(snapshot)
+    state = app.get(AUTH)
+    if state is None or state.metrics is None:
+        return Authz(snapshot, state.public_url if state is not None else "")
+    m = state.metrics
+    return Authz(
+        snapshot,
+        state.public_url,
+        on_deny=lambda server, reason: m.authz_denied.labels(server, reason).inc(),
+        on_shadow=lambda server: m.authz_shadow.labels(server).inc(),
+    )
