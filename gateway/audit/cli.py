@@ -43,6 +43,19 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return _print(report, "postgresql")
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import orjson
+
+    from gateway.audit.throughput import measure_file, measure_postgres
+
+    if args.dsn:
+        result = asyncio.run(measure_postgres(args.dsn, args.records, batch_size=args.batch))
+    else:
+        result = asyncio.run(measure_file(args.records, batch_size=args.batch))
+    print(orjson.dumps(result.as_dict()).decode())
+    return 0
+
+
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p_audit = sub.add_parser("audit", help="audit trail tools")
     audit_sub = p_audit.add_subparsers(dest="audit_command", required=True)
@@ -53,3 +66,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     src.add_argument("--file", help="a JSONL audit file (audit.sink: file)")
     src.add_argument("--dsn", help="PostgreSQL DSN of a role that reads every row (default: MGW_POSTGRES_DSN)")
     p_verify.set_defaults(func=_cmd_verify)
+    p_bench = audit_sub.add_parser(
+        "bench", help="audit throughput (rows/s) through the real pipeline; --dsn uses a temporary database"
+    )
+    p_bench.add_argument("--dsn", help="PostgreSQL server DSN with CREATEDB (default: a JSONL file in /tmp)")
+    p_bench.add_argument("--records", type=int, default=50_000)
+    p_bench.add_argument("--batch", type=int, default=500)
+    p_bench.set_defaults(func=_cmd_bench)

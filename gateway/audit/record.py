@@ -70,9 +70,16 @@ FORWARD_STAGE = "forward"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+_ts_cache: list[Any] = [-1, ""]  # (second, "YYYY-MM-DDTHH:MM:SS") of the last call: strftime is the costly part
+
+
 def format_ts(us: int) -> str:
     """Microseconds since the epoch -> `2026-11-25T23:59:59.123456Z` (the canonical form the hash covers)."""
-    return (EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    sec, frac = divmod(us, 1_000_000)
+    if _ts_cache[0] != sec:
+        _ts_cache[1] = (EPOCH + timedelta(seconds=sec)).strftime("%Y-%m-%dT%H:%M:%S")
+        _ts_cache[0] = sec
+    return f"{_ts_cache[1]}.{frac:06d}Z"
 
 
 def parse_ts(text: str) -> datetime:

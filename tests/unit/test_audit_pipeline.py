@@ -267,3 +267,20 @@ async def test_spools_of_ended_processes_are_adopted_but_live_ones_are_not(tmp_p
     assert sorted(got) == ["d1", "d2", "l1", "legacy"]
     me.close()
     assert os.listdir(tmp_path) == []
+
+
+def test_format_ts_matches_strftime_across_seconds() -> None:
+    from datetime import timedelta
+
+    from gateway.audit.record import EPOCH, format_ts
+
+    for us in (0, 1, 999_999, 1_000_000, 1_764_115_199_999_999, 1_764_115_200_000_000, -1, 4_102_444_800_123_456):
+        assert format_ts(us) == (EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+async def test_throughput_helper_drives_the_real_pipeline() -> None:
+    from gateway.audit.throughput import measure_file
+
+    result = await measure_file(300, batch_size=50)
+    assert result.records == 300 and result.seconds > 0 and result.observe_ns > 0
+    assert set(result.as_dict()) == {"sink", "records", "seconds", "rows_per_second", "observe_ns"}
