@@ -93,32 +93,37 @@ class _WriterState:
     seen: int = 0
 
 
-def verify_records(
-    records: Iterable[dict[str, Any]],
-    anchors: dict[str, Anchor] | None = None,
-    *,
-    where: str = "record",
-) -> VerifyReport:
-    """Check the chains in `records`, which must come in storage order (file order, or `writer_id, seq`).
+class ChainVerifier:
+    """Checks chains record by record (constant memory per writer), for files and tables of any size.
 
-    Without `anchors` (a JSONL file), every chain must start at seq 1 from GENESIS. With anchors (PostgreSQL),
-    a chain starts right after its anchor and must end at the recorded head, so a removed tail is caught too.
+    Records must come in storage order (file order, or `writer_id, seq`). Without heads (a JSONL file) every chain
+    must start at seq 1 from GENESIS. With heads (PostgreSQL, `require_heads`), a chain starts right after its
+    anchor and must end at the recorded head, so a removed tail, or a writer whose every row was removed, is
+    caught too.
     """
-    report = VerifyReport()
-    state: dict[str, _WriterState] = {}
-    anchors = anchors or {}
-    for n, rec in enumerate(records, 1):
+
+    def __init__(
+        self, anchors: dict[str, Anchor] | None = None, *, where: str = "record", require_heads: bool = False
+    ) -> None:
+        self.report = VerifyReport()
+        self._anchors = anchors or {}
+        self._where = where
+        self._require_heads = require_heads
+        self._state: dict[str, _WriterState] = {}
+
+    def add(self, rec: dict[str, Any]) -> None:
+        report = self.report
         report.records += 1
         writer = str(rec.get("writer_id"))
         seq = rec.get("seq")
-        label = f"{where} {n} (writer {writer}, seq {seq}, id {rec.get('id')})"
+        label = f"{self._where} {report.records} (writer {writer}, seq {seq}, id {rec.get('id')})"
         if not isinstance(seq, int):
             report.add(f"{label}: missing chain fields")
-            continue
-        st = state.get(writer)
+            return
+        st = self._state.get(writer)
         if st is None:
-            a = anchors.get(writer, Anchor())
-            st = state[writer] = _WriterState(a.anchor_seq + 1, a.anchor_hash)
+            a = self._anchors.get(writer, Anchor())
+            st = self._state[writer] = _WriterState(a.anchor_seq + 1, a.anchor_hash)
         if seq != st.expect_seq:
             if seq < st.expect_seq:
                 report.add(f"{label}: out of order or duplicated (expected seq {st.expect_seq})")
@@ -126,28 +131,47 @@ def verify_records(
                 report.add(f"{label}: {seq - st.expect_seq} record(s) missing before it (seq {st.expect_seq}..)")
         if rec.get("prev_hash") != st.prev:
             report.add(f"{label}: prev_hash does not match the previous record's hash")
-        actual = record_hash(rec)
-        if actual != rec.get("hash"):
+        if record_hash(rec) != rec.get("hash"):
             report.add(f"{label}: content altered (hash mismatch)")
         st.expect_seq = seq + 1
         # continue from the stored hash so one altered record is reported once, not for the rest of the chain
         st.prev = str(rec.get("hash"))
         st.seen += 1
-    for writer, a in anchors.items():
-        st = state.get(writer)
-        if a.last_seq is None or a.last_seq <= a.anchor_seq:
-            continue
-        if st is None:
-            report.add(f"writer {writer}: all {a.last_seq - a.anchor_seq} record(s) after seq {a.anchor_seq} missing")
-        elif st.expect_seq - 1 < a.last_seq:
-            report.add(f"writer {writer}: records {st.expect_seq}..{a.last_seq} missing at the end of the chain")
-        elif st.expect_seq - 1 == a.last_seq and st.prev != a.last_hash:
-            report.add(f"writer {writer}: last record does not match the recorded chain head")
-    for writer in state:
-        if anchors and writer not in anchors:
-            report.add(f"writer {writer}: has records but no chain head (head row removed?)")
-    report.writers = len(state)
-    return report
+
+    def finish(self) -> VerifyReport:
+        report = self.report
+        for writer, a in self._anchors.items():
+            st = self._state.get(writer)
+            if a.last_seq is None or a.last_seq <= a.anchor_seq:
+                continue
+            if st is None:
+                report.add(
+                    f"writer {writer}: all {a.last_seq - a.anchor_seq} record(s) after seq {a.anchor_seq} missing"
+                )
+            elif st.expect_seq - 1 < a.last_seq:
+                report.add(f"writer {writer}: records {st.expect_seq}..{a.last_seq} missing at the end of the chain")
+            elif st.expect_seq - 1 == a.last_seq and st.prev != a.last_hash:
+                report.add(f"writer {writer}: last record does not match the recorded chain head")
+        if self._require_heads or self._anchors:
+            for writer in self._state:
+                if writer not in self._anchors:
+                    report.add(f"writer {writer}: has records but no chain head (head row removed?)")
+        report.writers = len(self._state)
+        return report
+
+
+def verify_records(
+    records: Iterable[dict[str, Any]],
+    anchors: dict[str, Anchor] | None = None,
+    *,
+    where: str = "record",
+    require_heads: bool = False,
+) -> VerifyReport:
+    """Check the chains in `records` (see ChainVerifier)."""
+    verifier = ChainVerifier(anchors, where=where, require_heads=require_heads)
+    for rec in records:
+        verifier.add(rec)
+    return verifier.finish()
 
 
 def iter_jsonl(path: str) -> Iterator[dict[str, Any]]:

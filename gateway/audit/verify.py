@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
 import asyncpg
 import orjson
 
-from gateway.audit.hashchain import Anchor, VerifyReport, iter_jsonl, verify_records
+from gateway.audit.hashchain import Anchor, ChainVerifier, VerifyReport, iter_jsonl, verify_records
 from gateway.audit.record import FIELDS, JSON_FIELDS, ts_from_datetime
 
 
@@ -44,14 +43,10 @@ async def verify_postgres(dsn: str, *, batch: int = 5000) -> VerifyReport:
             anchors = {
                 r["writer_id"]: Anchor(r["anchor_seq"], r["anchor_hash"], r["last_seq"], r["last_hash"]) for r in heads
             }
-            rows: list[dict[str, Any]] = []
+            verifier = ChainVerifier(anchors, where="row", require_heads=True)
             cur = conn.cursor(f"SELECT {', '.join(FIELDS)} FROM audit_records ORDER BY writer_id, seq", prefetch=batch)
             async for row in cur:
-                rows.append(record_from_row(row))
+                verifier.add(record_from_row(row))
     finally:
         await conn.close()
-
-    def it() -> Iterator[dict[str, Any]]:
-        yield from rows
-
-    return verify_records(it(), anchors, where="row")
+    return verifier.finish()

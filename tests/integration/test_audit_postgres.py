@@ -107,6 +107,9 @@ async def test_records_reach_postgres_and_verify_catches_edits_and_deletions(pos
             )
             swapped = cli("audit", "verify", "--dsn", dsn)
             assert swapped.returncode == 1 and "seq 10" in swapped.stdout
+            await conn.execute("DELETE FROM audit_chain_heads")
+            headless = cli("audit", "verify", "--dsn", dsn)
+            assert headless.returncode == 1 and "no chain head" in headless.stdout
         finally:
             await conn.close()
 

@@ -101,3 +101,10 @@ def test_verify_cli_on_jsonl_file(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "missing" in capsys.readouterr().out
     path.write_bytes(path.read_bytes() + b"{not json\n")
     assert main(["audit", "verify", "--file", str(path)]) == 1
+
+
+def test_records_without_a_chain_head_are_reported_when_heads_are_required() -> None:
+    recs = chain_of(3)
+    assert verify_records(copy.deepcopy(recs)).ok  # a file has no heads
+    report = verify_records(copy.deepcopy(recs), {}, require_heads=True)
+    assert any("no chain head" in p for p in report.problems)
