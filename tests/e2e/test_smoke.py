@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import httpx
 import pytest
-from mcp import ClientSession
-from mcp.client.streamable_http import streamablehttp_client
+from mcp import ClientSession, types
+from mcp.client.streamable_http import streamable_http_client
 
 from tests.harness import default_policies, running, start_gateway, start_upstream
 
@@ -19,8 +20,13 @@ async def test_sdk_client_calls_tool_through_gateway(tmp_path: Path) -> None:
         tmp_path / "gw", default_policies(up.url), keys={"k1": {"tenant": "acme", "scopes": ["read", "write"]}}
     )
     with running(gw, up):
-        async with streamablehttp_client(gw.url(), headers=gw.auth("k1")) as (r, w, _), ClientSession(r, w) as s:
+        async with (
+            httpx.AsyncClient(headers=gw.auth("k1"), timeout=30) as http,
+            streamable_http_client(gw.url(), http_client=http) as (read, write, _),
+            ClientSession(read, write) as s,
+        ):
             init = await s.initialize()
             assert init.serverInfo.name == "example"
             res = await s.call_tool("add", {"a": 2, "b": 40})
-            assert res.content[0].text == "42"  # type: ignore[union-attr]
+            block = res.content[0]
+            assert isinstance(block, types.TextContent) and block.text == "42"
