@@ -17,6 +17,8 @@ Reply: {state, gen, remaining_ms, trips, granted}.
 from __future__ import annotations
 
 BREAKER_LUA = r"""
+-- Redis < 5 needs effects replication to write after TIME; a no-op on newer servers
+if redis.replicate_commands then redis.replicate_commands() end
 local key = KEYS[1]
 local op = ARGV[1]
 local channel = ARGV[2]

@@ -19,7 +19,7 @@ from aiohttp import web
 from gateway.breaker.registry import BREAKERS, BreakerRegistry
 from gateway.breaker.state import Admission, CircuitBreaker, is_failure
 from gateway.context import RequestContext, ShadowDecision, UpstreamOutcome
-from gateway.errors import CircuitOpen, GatewayError
+from gateway.errors import CircuitOpen, GatewayError, SessionNotFound
 from gateway.policy.snapshot import Snapshot
 from gateway.runtime import RUNTIME
 from gateway.sessions import SessionStore
@@ -112,7 +112,12 @@ class BreakerFilter:
         server = ctx.server
         if server is None:
             return
-        url = await resolve_upstream(ctx, self._sessions, self._picker)
+        try:
+            url = await resolve_upstream(ctx, self._sessions, self._picker)
+        except SessionNotFound as err:
+            # a routing answer, not a breaker decision: attribute it as the forward stage always did
+            err.stage = err.stage or "forward"
+            raise
         pol = server.breaker
         if pol.enabled:
             url = await self._admit(ctx, url)
