@@ -112,6 +112,8 @@ class LegacySseHandler:
         resp = await rt.forwarder.open(
             ctx, server, url, "GET", extra_headers=rt.upstream_credentials(ctx.snapshot, ctx.server_name)
         )
+        # a retrying forwarder may have moved a failed connect to another instance: bind to the one that answered
+        url = ctx.upstream_url or url
         if resp.status != 200 or not resp.headers.get("Content-Type", "").startswith("text/event-stream"):
             return await rt.forwarder.relay(ctx, ctx.request, resp)
         gauge = self._app[TRANSPORT_METRICS].legacy_streams.labels(ctx.server_name)
