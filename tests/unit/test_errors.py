@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import re
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -158,3 +160,11 @@ def test_no_request_id_header_when_none() -> None:
 
 def test_repr_names_status_code_reason() -> None:
     assert repr(Forbidden("x", reason="scope_denied")) == "Forbidden(status=403, code=-31403, reason='scope_denied')"
+
+
+def test_documented_error_table_matches_the_code() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "foundation.md").read_text()
+    rows = re.findall(r"^\| `(\w+)` \| (\d{3}) \| (-\d+) \| `(\w+)` \|", doc, flags=re.MULTILINE)
+    documented = {name: (int(status), int(code), reason) for name, status, code, reason in rows}
+    actual = {c.__name__: (c.status, c.code, c.default_reason) for c in [*all_error_classes(), GatewayError]}
+    assert documented == actual, "docs/foundation.md section 3 is out of step with gateway/errors.py"
