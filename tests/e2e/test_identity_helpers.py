@@ -103,8 +103,9 @@ async def audit_record(audit_path: Path, request_id: str, timeout: float = 10.0)
     """The audit record of one request (the file sink flushes in batches: poll, bounded)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if audit_path.exists():
-            for line in audit_path.read_text().splitlines():
+        text = await asyncio.to_thread(lambda: audit_path.read_text() if audit_path.exists() else "")
+        if text:
+            for line in text.splitlines():
                 if request_id in line:
                     rec: dict[str, Any] = json.loads(line)
                     if rec.get("request_id") == request_id:
