@@ -28,6 +28,11 @@ class AuditMetrics:
             ["reason"],
             registry=r,
         )
+        self.rejected = Counter(
+            "mcp_gateway_audit_records_rejected_total",
+            "Audit records the sink refused as invalid; kept in the <spool_path>.rejected file instead",
+            registry=r,
+        )
         self.partitions_dropped = Counter(
             "mcp_gateway_audit_partitions_dropped_total", "Daily audit partitions dropped by retention", registry=r
         )
@@ -36,5 +41,6 @@ class AuditMetrics:
         )
         self.dropped_queue_full = self.dropped.labels("queue_full")
         self.dropped_spool = self.dropped.labels("spool_failed")
-        self.dropped_queue_full.inc(0)
-        self.dropped_spool.inc(0)
+        self.dropped_build = self.dropped.labels("build_failed")
+        for child in (self.dropped_queue_full, self.dropped_spool, self.dropped_build):
+            child.inc(0)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
+from gateway.audit.files import append_synced, encode_lines
 from gateway.audit.hashchain import HashChain
 from gateway.audit.metrics import AuditMetrics
 from gateway.audit.record import AuditEvent, RiskRules, build_record, capture
@@ -48,6 +49,8 @@ class AuditPipeline:
         self._metrics = metrics
         self._sink = sink
         self._spool = AuditSpool(spool_path)
+        # outside the spool's name space (`<spool>.<token>...`), so it is never adopted and replayed
+        self._rejected_path = spool_path.with_name(f"{spool_path.stem}.rejected.jsonl")
         self._chain = chain or HashChain()
         self._risk = RiskRules(settings.risk)
         self._limits = SanitizeLimits(max_string=settings.max_value_length)
@@ -128,15 +131,20 @@ class AuditPipeline:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), interval)
                 self._wakeup.clear()
-            if self._closing:
-                await self._drain()
-                if self._sink is not None and self._sink_up and self._spool.pending():
+            try:
+                if self._closing:
+                    await self._drain()
+                    if self._sink is not None and self._sink_up and self._spool.pending():
+                        await self._try_recover()
+                    return
+                await self._flush_once()
+                if self._sink is not None:
                     await self._try_recover()
-                return
-            await self._flush_once()
-            if self._sink is not None:
-                await self._try_recover()
-                await self._maybe_maintain()
+                    await self._maybe_maintain()
+            except Exception:
+                # the writer must outlive any bug: a dead writer would silently fill the queue and drop records
+                log.exception("audit writer error")
+                await asyncio.sleep(interval)
 
     async def _drain(self) -> None:
         while self._queue:
@@ -155,8 +163,14 @@ class AuditPipeline:
         out = []
         for ev in events:
             ts = max(ev.ts_us, chain.last_ts_us)
+            try:
+                rec = build_record(ev, ts, self._risk, self._limits)
+            except Exception:
+                log.exception("audit record could not be built", request_id=ev.request_id)
+                self._metrics.dropped_build.inc()
+                continue
             chain.last_ts_us = ts
-            out.append(chain.seal(build_record(ev, ts, self._risk, self._limits)))
+            out.append(chain.seal(rec))
         if self._log_records:
             for rec in out:
                 log.info("audit", **rec)
@@ -169,7 +183,7 @@ class AuditPipeline:
             return
         if self._sink_up:
             try:
-                await sink.write(records)
+                await self._write_isolating(records)
             except Exception as exc:
                 self._mark_down(exc)
             else:
@@ -182,6 +196,25 @@ class AuditPipeline:
             log.error("audit spool write failed; records lost", error=str(exc), records=len(records))
         else:
             self._metrics.spooled.inc(len(records))
+
+    async def _write_isolating(self, records: list[dict[str, Any]]) -> None:
+        """Write to the sink; if the sink refuses the records themselves (not an outage), split the batch until
+        the bad records are isolated and park them in the rejected file, so one bad record never blocks the rest."""
+        sink = self._sink
+        assert sink is not None
+        try:
+            await sink.write(records)
+        except Exception as exc:
+            if not sink.is_data_error(exc):
+                raise
+            if len(records) > 1:
+                mid = len(records) // 2
+                await self._write_isolating(records[:mid])
+                await self._write_isolating(records[mid:])
+                return
+            log.error("audit record rejected by the sink", id=records[0].get("id"), error=type(exc).__name__)
+            await asyncio.to_thread(append_synced, self._rejected_path, encode_lines(records))
+            self._metrics.rejected.inc()
 
     def _mark_down(self, exc: BaseException) -> None:
         if self._sink_up:
@@ -208,7 +241,7 @@ class AuditPipeline:
             if was_down:
                 log.info("audit sink available", sink=sink.name)
             if self._spool.pending():
-                await self._spool.replay(sink.write, self._batch, self._metrics.replayed.inc)
+                await self._spool.replay(self._write_isolating, self._batch, self._metrics.replayed.inc)
         except Exception as exc:
             self._mark_down(exc)
 

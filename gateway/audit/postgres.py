@@ -71,6 +71,14 @@ def to_row(rec: dict[str, Any]) -> tuple[Any, ...]:
     return tuple(row)
 
 
+def is_data_error(exc: BaseException) -> bool:
+    """A record PostgreSQL will never accept (bad value), as opposed to PostgreSQL being unavailable."""
+    return isinstance(
+        exc,
+        asyncpg.DataError | asyncpg.IntegrityConstraintViolationError | OverflowError | ValueError | TypeError,
+    )
+
+
 def record_days(records: list[dict[str, Any]]) -> set[date]:
     return {_ts(r["ts"]).date() for r in records}
 
@@ -121,6 +129,9 @@ class PostgresSink:
             self._known_days.add(day)
             day += timedelta(days=1)
 
+    def is_data_error(self, exc: BaseException) -> bool:
+        return is_data_error(exc)
+
     async def write(self, records: list[dict[str, Any]]) -> None:
         if not records:
             return
@@ -128,17 +139,26 @@ class PostgresSink:
         conn = self._conn
         assert conn is not None
         try:
-            missing = record_days(records) - self._known_days
-            if missing:
-                await self._ensure_partitions(conn, min(missing), max(missing))
-            rows = [to_row(r) for r in records]
-            async with conn.transaction():
-                await conn.copy_records_to_table("audit_stage", records=rows, columns=list(FIELDS))
-                await conn.execute(INSERT_SQL)
-                await conn.execute(HEADS_SQL)
-        except BaseException:
-            await self._drop_connection()
+            try:
+                await self._write(conn, records)
+            except asyncpg.CheckViolationError:
+                # a partition this process believed in is gone (retention elsewhere): re-check and retry once
+                self._known_days.clear()
+                await self._write(conn, records)
+        except BaseException as exc:
+            if not is_data_error(exc):  # after a data error the transaction rolled back; the connection is fine
+                await self._drop_connection()
             raise
+
+    async def _write(self, conn: asyncpg.Connection, records: list[dict[str, Any]]) -> None:
+        missing = record_days(records) - self._known_days
+        if missing:
+            await self._ensure_partitions(conn, min(missing), max(missing))
+        rows = [to_row(r) for r in records]
+        async with conn.transaction():
+            await conn.copy_records_to_table("audit_stage", records=rows, columns=list(FIELDS))
+            await conn.execute(INSERT_SQL)
+            await conn.execute(HEADS_SQL)
 
     async def maintain(self) -> int:
         """Create partitions ahead and drop those older than the retention policy."""
@@ -151,6 +171,8 @@ class PostgresSink:
             dropped = await conn.fetch(
                 "SELECT audit_drop_partitions_before($1::date) AS name", today - timedelta(days=self._retention_days)
             )
+            if dropped:
+                self._known_days = {d for d in self._known_days if d >= today - timedelta(days=self._retention_days)}
         except BaseException:
             await self._drop_connection()
             raise

@@ -22,6 +22,10 @@ class AuditSink(Protocol):
         """Periodic housekeeping (partitions, retention); returns how many partitions it dropped."""
         ...
 
+    def is_data_error(self, exc: BaseException) -> bool:
+        """True when `write` failed because of the records themselves, not because the store is unavailable."""
+        ...
+
     async def close(self) -> None: ...
 
 
@@ -41,6 +45,9 @@ class JsonlFileSink:
 
     async def maintain(self) -> int:
         return 0
+
+    def is_data_error(self, exc: BaseException) -> bool:
+        return isinstance(exc, TypeError | ValueError)  # unserializable record; disk errors are OSError
 
     async def close(self) -> None:
         return None

@@ -183,3 +183,26 @@ async def _until(cond: Any, timeout: float = 20.0) -> None:
         if loop.time() > deadline:
             raise AssertionError("condition not reached before the deadline")
         await asyncio.sleep(0.02)
+
+
+async def test_a_value_postgres_refuses_is_parked_and_the_rest_still_lands(postgres_dsn: str, tmp_path: Path) -> None:
+    from gateway.audit.record import capture
+
+    async with temp_database(postgres_dsn) as dsn:
+        pipe, metrics = pipeline(dsn, tmp_path / "spool.jsonl", batch_size=50, flush_interval=5.0)
+        await pipe.start()
+        for i in range(60):
+            if i == 33:
+                bad = capture(ctx_for())
+                bad.http_status = 2**40  # does not fit the integer column
+                pipe.enqueue(bad)
+            else:
+                pipe.observe(ctx_for())
+        await pipe.stop()
+        assert (await fetch(dsn, "SELECT count(*) AS n FROM audit_records"))[0]["n"] == 59
+        assert metrics.rejected._value.get() == 1 and metrics.spooled._value.get() == 0
+        parked = (tmp_path / "spool.rejected.jsonl").read_bytes().splitlines()
+        assert len(parked) == 1 and orjson.loads(parked[0])["http_status"] == 2**40
+        # the chain shows where the parked record belongs
+        out = cli("audit", "verify", "--dsn", dsn)
+        assert out.returncode == 1 and "seq 35" in out.stdout and "1 record(s) missing" in out.stdout

@@ -144,12 +144,17 @@ class FlakySink:
     async def write(self, records: list[dict[str, Any]]) -> None:
         if self.down:
             raise ConnectionRefusedError("down")
+        if any(r["request_id"] == "poison" for r in records):
+            raise ValueError("the store refuses this record")
         self.writes += 1
         for r in records:
             self.rows.setdefault(r["id"], r)
 
     async def maintain(self) -> int:
         return 0
+
+    def is_data_error(self, exc: BaseException) -> bool:
+        return isinstance(exc, ValueError)
 
     async def close(self) -> None:
         return None
@@ -284,3 +289,32 @@ async def test_throughput_helper_drives_the_real_pipeline() -> None:
     result = await measure_file(300, batch_size=50)
     assert result.records == 300 and result.seconds > 0 and result.observe_ns > 0
     assert set(result.as_dict()) == {"sink", "records", "seconds", "rows_per_second", "observe_ns"}
+
+
+async def test_a_record_the_sink_refuses_is_isolated_and_parked_not_blocking_the_rest(tmp_path: Path) -> None:
+    metrics = AuditMetrics(CollectorRegistry())
+    sink = FlakySink()
+    pipe = AuditPipeline(settings(batch_size=64, flush_interval=5.0), metrics, sink, tmp_path / "spool.jsonl")
+    await pipe.start()
+    for i in range(40):
+        pipe.observe(make_ctx(CALL, request_id="poison" if i == 17 else f"r{i}"))
+    await pipe.stop()
+    assert len(sink.rows) == 39 and "poison" not in {r["request_id"] for r in sink.rows.values()}
+    rejected = [orjson.loads(line) for line in (tmp_path / "spool.rejected.jsonl").read_bytes().splitlines()]
+    assert [r["request_id"] for r in rejected] == ["poison"]
+    assert metrics.rejected._value.get() == 1 and metrics.spooled._value.get() == 0
+    assert pipe.sink_up  # a bad record is not an outage
+
+
+async def test_writer_survives_a_record_that_cannot_be_built(tmp_path: Path) -> None:
+    metrics = AuditMetrics(CollectorRegistry())
+    sink = FlakySink()
+    pipe = AuditPipeline(settings(), metrics, sink, tmp_path / "spool.jsonl")
+    await pipe.start()
+    bad = capture(make_ctx(CALL))
+    bad.client_ip = None  # type: ignore[assignment]  # a bug elsewhere hands us garbage
+    pipe.enqueue(bad)
+    pipe.observe(make_ctx(CALL, request_id="after"))
+    await pipe.stop()
+    assert [r["request_id"] for r in sink.rows.values()] == ["after"]
+    assert metrics.dropped.labels("build_failed")._value.get() == 1
