@@ -1,15 +1,16 @@
 """Prometheus metrics, on a registry owned by the app (no process-global singletons).
 
 Labels are bounded: server names come from policy, MCP methods from a fixed list (anything else is "other"),
-statuses are HTTP codes, upstreams are the origins named in policy, workers are indexes below `workers`. Never a
+statuses are HTTP codes, workers are indexes below `workers`. Never a
 user id, key id or session id. Label children are cached so the request path does a dict lookup, not
 prometheus-client's label resolution.
 
 With `workers: N > 1` the supervisor points PROMETHEUS_MULTIPROC_DIR at a fresh directory before the workers start:
 every value then lives in a per-process memory-mapped file and `/metrics` (whichever worker answers) merges them
 with `MultiProcessCollector`, so counters are totals over all workers. Each gauge declares how its per-worker
-values combine (`multiprocess_mode`); values computed at scrape time (`set_function`, samplers) are copied into
-the shared files periodically, because a scrape served by one worker cannot call into the others.
+values combine (`multiprocess_mode`); values computed at scrape time (`set_function`, samplers, custom
+collectors) are copied into the shared files periodically, because a scrape served by one worker cannot call into
+the others.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import structlog
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.auth.scopes import READ_METHODS, WRITE_METHODS
@@ -144,28 +146,16 @@ class GatewayMetrics:
             registry=r,
             multiprocess_mode="livesum",
         )
-        self.pool_connections = Gauge(
-            "mcp_gateway_upstream_pool_connections",
-            "Upstream connection pool usage per upstream origin: in_use, idle, or waiting (requests queued "
-            "for a connection)",
-            ["upstream", "state"],
-            registry=r,
-            multiprocess_mode="livesum",
-        )
-        self.pool_limit = Gauge(
-            "mcp_gateway_upstream_pool_limit",
-            "Upstream connection pool size limit per upstream origin (summed over workers)",
-            ["upstream"],
-            registry=r,
-            multiprocess_mode="livesum",
-        )
         self._req_children: dict[tuple[str, str, str], Any] = {}
         self._lat_children: dict[tuple[str, str], Any] = {}
         self._up_children: dict[str, Any] = {}
         self._worker_child = self.worker_requests.labels(str(self.worker))
         self._policy_version: str | None = None
         self._samplers: list[Sampler] = []
-        self._pool_labels: set[tuple[str, str]] = set()
+        # multiprocess mode: copies of scrape-time collectors' gauges (see _mirror_collectors)
+        self._mirror_registry = CollectorRegistry(auto_describe=False)
+        self._mirrors: dict[str, tuple[Gauge, tuple[str, ...]]] = {}
+        self._mirror_skipped: set[str] = set()
 
     @property
     def multiprocess(self) -> bool:
@@ -213,19 +203,6 @@ class GatewayMetrics:
         """A callable that sets gauges from live state; run before every scrape and every few seconds."""
         self._samplers.append(sampler)
 
-    def set_pool_stats(self, stats: dict[str, dict[str, int]]) -> None:
-        seen: set[tuple[str, str]] = set()
-        for upstream, entry in stats.items():
-            for state in ("in_use", "idle", "waiting"):
-                self.pool_connections.labels(upstream, state).set(entry.get(state, 0))
-                seen.add((upstream, state))
-            self.pool_limit.labels(upstream).set(entry.get("limit", 0))
-        for upstream, state in self._pool_labels - seen:
-            # a pool closed since the last sample (policy reload removed the upstream): report it as empty
-            self.pool_connections.labels(upstream, state).set(0)
-            self.pool_limit.labels(upstream).set(0)
-        self._pool_labels = seen | (self._pool_labels - seen)
-
     async def refresh(self) -> None:
         for sampler in self._samplers:
             try:
@@ -236,6 +213,7 @@ class GatewayMetrics:
                 log.exception("metrics sampler failed")
         if self.multiprocess:
             self._copy_function_gauges()
+            self._mirror_collectors()
 
     def _copy_function_gauges(self) -> None:
         # Gauges other modules back with `set_function` are computed at collect time, which MultiProcessCollector
@@ -257,6 +235,42 @@ class GatewayMetrics:
                     continue
                 if samples:
                     gauge._value.set(samples[0].value)
+
+    def _mirror_collectors(self) -> None:
+        # Custom collectors (breaker states, upstream health, pools) compute gauge families at collect time and
+        # have no files either. Each family is mirrored into a multiprocess gauge in "liveall" mode: /metrics
+        # then shows every live worker's view, labelled by pid (aggregate with max/sum by the other labels).
+        collectors = list(getattr(self.registry, "_collector_to_names", {}))
+        for collector in collectors:
+            if isinstance(collector, MetricWrapperBase):
+                continue
+            try:
+                families = list(collector.collect())
+            except Exception:
+                log.exception("collector failed", collector=type(collector).__name__)
+                continue
+            for family in families:
+                if family.type != "gauge":
+                    if family.name not in self._mirror_skipped:
+                        self._mirror_skipped.add(family.name)
+                        log.warning("scrape-time metric not shared across workers", metric=family.name)
+                    continue
+                for sample in family.samples:
+                    names = tuple(sorted(sample.labels))
+                    entry = self._mirrors.get(family.name)
+                    if entry is None:
+                        gauge = Gauge(
+                            family.name,
+                            family.documentation,
+                            names,
+                            registry=self._mirror_registry,
+                            multiprocess_mode="liveall",
+                        )
+                        entry = self._mirrors[family.name] = (gauge, names)
+                    gauge, expected = entry
+                    if names != expected:
+                        continue
+                    (gauge.labels(**sample.labels) if names else gauge).set(sample.value)
 
     async def sample_forever(self, interval: float = SAMPLE_INTERVAL_SECONDS) -> None:
         while True:

@@ -30,7 +30,6 @@ from gateway.logging import configure_logging
 from gateway.metrics import METRICS, sampler_ctx
 from gateway.sessions import SESSIONS
 from gateway.settings import Settings
-from gateway.upstream.pool import POOLS
 
 log = structlog.get_logger("gateway.server")
 
@@ -147,15 +146,11 @@ def install_samplers(app: web.Application, runner: web.AppRunner) -> None:
     async def sessions() -> None:
         metrics.sessions_open.set(await app[SESSIONS].count())
 
-    def pools() -> None:
-        metrics.set_pool_stats(app[POOLS].stats())
-
     def connections() -> None:
         server = runner.server
         metrics.connections_open.set(len(server.connections) if server is not None else 0)
 
     metrics.add_sampler(sessions)
-    metrics.add_sampler(pools)
     metrics.add_sampler(connections)
 
 
@@ -204,4 +199,8 @@ def run(settings: Settings) -> int:
             return supervise(settings)
     _install_uvloop()
     asyncio.run(serve(settings, reuse_port=settings.workers > 1))
+    # drained and cleaned up; the loop has put the default handlers back, and a late second SIGTERM (a process
+    # group signal after the supervisor's own) must not turn a clean exit into a kill
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     return 0

@@ -202,7 +202,14 @@ def _die_with_supervisor() -> None:
         sys.exit(1)
 
 
+def _stop_while_starting(signum: int, _frame: FrameType | None) -> None:
+    # asked to stop before the server is up (it replaces this handler once listening): nothing to drain
+    sys.exit(0)
+
+
 def worker_main() -> int:
+    signal.signal(signal.SIGTERM, _stop_while_starting)
+    signal.signal(signal.SIGINT, _stop_while_starting)
     from gateway.server import run
 
     _die_with_supervisor()

@@ -123,6 +123,18 @@ async def test_two_workers_one_port_metrics_totals(tmp_path: Path, redis_url: st
             assert sample(text, "mcp_gateway_requests_total", method="tools/call", status="200") == calls
             assert sample(text, "mcp_gateway_requests_total", method="initialize", status="200") == inits
 
+        # scrape-time collectors (upstream health, from the resilience module) are shared too: one series per
+        # live worker, labelled by pid
+        deadline = time.monotonic() + 15
+        healthy: dict[str, float] = {}
+        while time.monotonic() < deadline:
+            text = await scrape(gw)
+            healthy = {str(pid): sample(text, "mcp_gateway_upstream_healthy", pid=str(pid)) for pid in pids}
+            if all(v == 1 for v in healthy.values()):
+                break
+            await asyncio.sleep(0.2)
+        assert healthy == {str(pid): 1.0 for pid in pids}
+
         # a crashed worker is restarted; what it counted stays in the totals
         os.kill(pids[0], signal.SIGKILL)
         deadline = time.monotonic() + 20
@@ -131,11 +143,20 @@ async def test_two_workers_one_port_metrics_totals(tmp_path: Path, redis_url: st
             if len(now) == 2 and pids[0] not in now:
                 break
             await asyncio.sleep(0.1)
-        assert len(worker_pids(gw.proc.pid)) == 2 and pids[0] not in worker_pids(gw.proc.pid)
-        await asyncio.sleep(0.5)  # the restarted worker binds the port
+        now = worker_pids(gw.proc.pid)
+        assert len(now) == 2 and pids[0] not in now
+        (restarted,) = set(now) - set(pids)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:  # up and serving: its sampler reports through the shared files
+            if sample(await scrape(gw), "mcp_gateway_upstream_healthy", pid=str(restarted)) == 1:
+                break
+            await asyncio.sleep(0.2)
+        else:
+            raise AssertionError("the restarted worker never came up")
         await raw_initializes(gw, 10)
         await sdk_session(gw, 100)
-        await wait_totals(gw, calls + 2, inits + 11)
+        text = await wait_totals(gw, calls + 2, inits + 11)
+        assert sample(text, "mcp_gateway_upstream_healthy", pid=str(pids[0])) == 0  # the dead worker's view is gone
 
         gw.proc.signal(signal.SIGTERM)
         assert gw.proc.popen is not None
