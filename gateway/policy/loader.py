@@ -46,7 +46,7 @@ def _loc_to_path(loc: tuple[int | str, ...], data: Any = None) -> str:
     out = ""
     cur: Any = data
     for i, part in enumerate(loc):
-        if isinstance(part, int):
+        if isinstance(part, int) and not (isinstance(cur, dict) and part in cur):
             out += f"[{part}]"
             cur = cur[part] if isinstance(cur, list) and 0 <= part < len(cur) else None
             continue
@@ -94,9 +94,14 @@ _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _c
 
 def _read_yaml(path: Path, problems: list[PolicyProblem]) -> Any:
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         problems.append(PolicyProblem(path.name, "", f"cannot read: {exc.strerror}"))
+        return None
+    except UnicodeDecodeError as exc:
+        before = exc.object[: exc.start]
+        line, column = before.count(b"\n") + 1, exc.start - (before.rfind(b"\n") + 1) + 1
+        problems.append(PolicyProblem(path.name, f"line {line}, column {column}", "not UTF-8 text"))
         return None
     try:
         return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: plain data only

@@ -10,6 +10,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.policy.loader import PolicyError, PolicyProblem, load_policy
 from gateway.policy.model import POLICY_FILES
@@ -178,3 +180,50 @@ def test_snapshot_is_read_only() -> None:
         snap.servers["new"] = snap.servers["example"]  # type: ignore[index]
     with pytest.raises(ValueError, match="frozen"):
         snap.servers["example"].owner = "globex"  # type: ignore[misc]
+
+
+def test_a_file_that_is_not_utf8(tmp_path: Path) -> None:
+    directory = copy_good(tmp_path)
+    (directory / "tenants.yaml").write_bytes(b"tenants:\n  acme: {}\n  \xff\xfe: {}\n")
+    with pytest.raises(PolicyError) as info:
+        load_policy(directory)
+    assert info.value.problems == [PolicyProblem("tenants.yaml", "line 3, column 3", "not UTF-8 text")]
+
+
+def test_a_mapping_key_of_the_wrong_type(tmp_path: Path) -> None:
+    directory = tmp_path / "p"
+    directory.mkdir()
+    (directory / "servers.yaml").write_text("servers:\n  1:\n    upstreams: [{url: 'http://127.0.0.1:1/mcp'}]\n")
+    with pytest.raises(PolicyError) as info:
+        load_policy(directory)
+    # a key is a place in the file, not a list index
+    assert info.value.problems == [PolicyProblem("servers.yaml", "servers.1.[key]", "Input should be a valid string")]
+
+
+yaml_ish = st.text(
+    alphabet=st.sampled_from(list("abcdeklmnorstuvwy:-_ {}[],\n'\"&*!#0123456789.@%|>?")), max_size=120
+) | st.sampled_from(
+    [
+        "servers: {a: {upstreams: [{url: 'http://x'}], timeouts: {connect: -1}}}",
+        "servers: {a: {upstreams: []}}",
+        "keys: [{id: a, hash: b, tenant: c}]",
+        "tenants: {a: {servers: [x], weight: 0}}",
+        "rules: [{tenant: 5}]",
+    ]
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=yaml_ish, name=st.sampled_from(sorted(POLICY_FILES)))
+def test_fuzz_any_file_content_is_a_snapshot_or_policy_errors(tmp_path: Path, text: str, name: str) -> None:
+    directory = tmp_path / "fuzz"
+    directory.mkdir(exist_ok=True)
+    for old in directory.iterdir():
+        old.unlink()
+    (directory / name).write_text(text)
+    try:
+        load_policy(directory)
+    except PolicyError as exc:
+        assert exc.problems
+        for problem in exc.problems:
+            assert problem.file == name and problem.reason
