@@ -268,3 +268,26 @@ async def test_gateway_login_roles_need_no_superuser(postgres_dsn: str, tmp_path
                 await server.execute(f"DROP ROLE IF EXISTS {reader}")
             finally:
                 await server.close()
+
+
+async def test_failed_migration_leaves_nothing_half_applied_and_changed_files_are_reported(
+    postgres_dsn: str, tmp_path: Path
+) -> None:
+    from gateway.db.migrate import MigrationError
+
+    (tmp_path / "001_one.sql").write_text("CREATE TABLE t_one (x int);")
+    (tmp_path / "002_broken.sql").write_text("CREATE TABLE t_two (x int); SELECT no_such_function();")
+    (tmp_path / "notes.txt").write_text("not a migration")
+    async with temp_database(postgres_dsn, migrated=False) as dsn:
+        with pytest.raises(MigrationError, match=r"002_broken\.sql"):
+            await migrate(dsn, tmp_path)
+        conn = await asyncpg.connect(dsn)
+        try:
+            assert [r["version"] for r in await conn.fetch("SELECT version FROM mgw_schema_migrations")] == [1]
+            assert await conn.fetchval("SELECT to_regclass('t_two') IS NULL")  # rolled back with its file
+        finally:
+            await conn.close()
+        (tmp_path / "002_broken.sql").write_text("CREATE TABLE t_two (x int);")
+        (tmp_path / "001_one.sql").write_text("CREATE TABLE t_one (x bigint);")  # edited after it was applied
+        result = await migrate(dsn, tmp_path)
+        assert [m.version for m in result.applied] == [2] and result.changed == ["001_one.sql"]
