@@ -7,6 +7,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 from aiohttp import web
 
 from gateway.metrics import METRICS
@@ -14,6 +16,7 @@ from gateway.redis_client import REDIS
 from gateway.runtime import RUNTIME
 from gateway.sessions import SESSIONS, MemorySessionStore, RedisSessionStore, SessionStore
 from gateway.settings import Settings
+from gateway.transports.legacy_bus import LEGACY_BUS, LegacyEventBus
 from gateway.transports.legacy_sse import LegacySseHandler
 from gateway.transports.metrics import TRANSPORT_METRICS, TransportMetrics
 from gateway.upstream.legacy_sse import LIVE_STREAMS, LiveStreams
@@ -36,6 +39,17 @@ def install(app: web.Application, settings: Settings) -> None:
         store = MemorySessionStore(ttl)
     app[SESSIONS] = store
     app[RUNTIME].sessions = store
+
+    if holder.client is not None:
+        bus = LegacyEventBus(holder.client, holder.prefix, app[LIVE_STREAMS])
+        app[LEGACY_BUS] = bus
+
+        async def bus_ctx(_: web.Application) -> AsyncIterator[None]:
+            bus.start()
+            yield
+            await bus.stop()
+
+        app.cleanup_ctx.append(bus_ctx)
 
     legacy = LegacySseHandler(app)
     app.router.add_route("GET", "/mcp/{server}/sse", legacy.route)

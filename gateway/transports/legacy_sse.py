@@ -5,7 +5,8 @@ event is rewritten onto this route (`/messages/?session_id=X` -> `/mcp/{server}/
 session is bound to the caller and to the upstream instance (and its POST URL) that issued it. Every POST of the
 session runs the chain on its own and goes to that same instance, which answers 202 and puts the response on the
 stream. A refused POST gets the HTTP error and, when this process holds the session's stream, the same JSON-RPC
-error as a `message` event on it (that is where the client waits for the answer). The binding ends with the stream:
+error as a `message` event on it (that is where the client waits for the answer); with Redis, a replica that does
+not hold the stream publishes the event to the one that does (legacy_bus). The binding ends with the stream:
 the upstream forgets a legacy session when its GET closes.
 """
 
@@ -37,6 +38,7 @@ from gateway.runtime import RUNTIME
 from gateway.sessions import SessionBinding
 from gateway.settings import Settings
 from gateway.transports.common import new_context, origin_ok, read_and_parse, refuse_early, render
+from gateway.transports.legacy_bus import LEGACY_BUS
 from gateway.transports.metrics import TRANSPORT_METRICS
 from gateway.upstream.headers import client_response_headers
 from gateway.upstream.http import KEEPALIVE_COMMENT
@@ -262,11 +264,19 @@ class LegacySseHandler:
         rpc_id = ctx.rpc_id if ctx.message is not None else None
         if rpc_id is None:  # notifications and responses are never answered
             return
-        live = self._live_stream_of(ctx)
-        if live is None:
+        if ctx.session_id is None or ctx.principal is None:
             return
         event = encode_event(data=orjson.dumps(error_payload(err, rpc_id)).decode(), event="message")
-        if await live.inject(event):
+        live = self._live_stream_of(ctx)
+        if live is not None:
+            delivered = await live.inject(event)
+        elif LEGACY_BUS in self._app:
+            # the stream may be held by another replica; it checks the principal before writing
+            bus = self._app[LEGACY_BUS]
+            delivered = await bus.publish(ctx.server_name, ctx.session_id, ctx.principal.binding_id, event)
+        else:
+            return
+        if delivered:
             self._app[TRANSPORT_METRICS].legacy_injected_errors.labels(ctx.server_name).inc()
 
 

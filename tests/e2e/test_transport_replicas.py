@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 import redis.asyncio as aioredis
@@ -17,6 +19,7 @@ from mcp.client.streamable_http import streamable_http_client
 from tests.conftest import SHARED_REDIS_URL as REDIS_URL
 from tests.conftest import _require
 from tests.harness import Gateway, Upstream, api_key, default_policies, running, start_gateway, start_upstream
+from tests.upstreams.sse_read import EventReader
 
 pytestmark = pytest.mark.e2e
 
@@ -49,13 +52,19 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Any:
     redis_url = REDIS_URL
     tmp = tmp_path_factory.mktemp("replicas")
     up = start_upstream(tmp)
-    raw, digest = api_key("k1")
-    raw2, digest2 = api_key("k2")
+    legacy = start_upstream(tmp, transport="sse")
+    made = {kid: api_key(kid) for kid in ("k1", "k2", "ro")}
     policies = default_policies(up.url)
+    policies["servers.yaml"]["servers"]["legacy"] = {
+        "upstreams": [{"url": legacy.url}],
+        "owner": "acme",
+        "transport": "sse",
+    }
+    policies["tenants.yaml"]["tenants"]["acme"]["servers"].append("legacy")
     policies["keys.yaml"] = {
         "keys": [
-            {"id": "k1", "hash": digest, "tenant": "acme", "scopes": ["read", "write"]},
-            {"id": "k2", "hash": digest2, "tenant": "acme", "scopes": ["read", "write"]},
+            {"id": kid, "hash": digest, "tenant": "acme", "scopes": ["read"] if kid == "ro" else ["read", "write"]}
+            for kid, (_, digest) in made.items()
         ]
     }
     prefix = f"mgwtest-{uuid.uuid4().hex}:"
@@ -63,8 +72,8 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Any:
     a = start_gateway(tmp / "a", policies, config=config)
     b = start_gateway(tmp / "b", policies, config=config)
     for gw in (a, b):
-        gw.keys.update({"k1": raw, "k2": raw2})
-    with running(a, b, up):
+        gw.keys.update({kid: raw for kid, (raw, _) in made.items()})
+    with running(a, b, up, legacy):
         yield a, b, up, prefix
 
 
@@ -171,3 +180,26 @@ async def test_upstream_404_drops_the_binding(replicas: tuple[Gateway, Gateway, 
         assert r.json()["error"]["data"]["reason"] == "session_not_found"
         sid2 = await _initialize(http, b)
         assert (await _tools_list(http, a, sid2)).status_code == 200
+
+
+async def test_legacy_sse_session_across_replicas(replicas: tuple[Gateway, Gateway, Upstream, str]) -> None:
+    """The stream is held by A; POSTs go to B, reach the same upstream session, and B's refusal reaches A's stream."""
+    a, b, _, _ = replicas
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        stream = await http.get(a.url("legacy"), headers={**a.auth("ro"), "Accept": "text/event-stream"})
+        assert stream.status == 200
+        events = EventReader(stream)
+        endpoint = await events.next()
+        assert endpoint.event == "endpoint" and endpoint.data is not None
+        params = {"protocolVersion": "2024-11-05", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}
+        init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": params}
+        r = await http.post(b.base + endpoint.data, json=init, headers=b.auth("ro"))
+        assert r.status == 202
+        answer = json.loads((await events.next_message()).data or "")
+        assert answer["id"] == 1 and answer["result"]["serverInfo"]["name"] == "example"
+        call = {"jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "add", "arguments": {}}}
+        r = await http.post(b.base + endpoint.data, json=call, headers=b.auth("ro"))
+        assert r.status == 403
+        refused = json.loads((await events.next_message()).data or "")
+        assert refused == await r.json()
+        stream.close()
