@@ -202,7 +202,8 @@ async def test_killed_upstream_opens_breaker_503_without_connecting_and_probe_cl
         assert after[:failures_before_open].count(502) >= breaker["consecutive_failures"]
         b = await client.breaker("svc")
         assert b["state"] == "open" and b["last_trip_reason"] == "consecutive_failures"
-        assert b["last_error"] == "connect"
+        # the last failure seen: a refused connect, or a request whose connection the kill cut (ordering varies)
+        assert b["last_error"] in ("connect", "reset")
 
         # while open: 503 + Retry-After at once, and no connection attempt reaches the port
         with counting_listener(port) as accepted:
@@ -373,7 +374,7 @@ async def test_two_gateways_share_open_within_a_second_and_admit_exactly_n_probe
         assert control(up)["requests"] == before
 
         # probes take a while, so every request below arrives while they are in flight
-        control(up, mode="slow", delay=1.0)
+        control(up, mode="slow", delay=3.0)
         retry_after = (await c1.breaker("svc"))["retry_after_seconds"]
         await asyncio.sleep(retry_after + 0.2)
         results = await asyncio.gather(*(c.init("svc") for _ in range(5) for c in (c1, c2)))
@@ -384,7 +385,7 @@ async def test_two_gateways_share_open_within_a_second_and_admit_exactly_n_probe
         async def both_closed() -> bool:
             return (await c1.breaker("svc"))["state"] == "closed" and (await c2.breaker("svc"))["state"] == "closed"
 
-        await until(both_closed, 3)
+        await until(both_closed, 5)
         control(up, mode="ok")
         assert (await c2.init("svc"))[0] == 200
     finally:
