@@ -118,8 +118,16 @@ class PolicyStore:
                 await self.reload("file_change")
 
     def install_sighup(self, loop: asyncio.AbstractEventLoop) -> None:
+        # the loop keeps only weak references to tasks: hold each reload until it is done, or it may vanish midway
+        pending: set[asyncio.Task[ReloadResult]] = set()
+
+        def on_sighup() -> None:
+            task = loop.create_task(self.reload("sighup"))
+            pending.add(task)
+            task.add_done_callback(pending.discard)
+
         try:
-            loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(self.reload("sighup")))
+            loop.add_signal_handler(signal.SIGHUP, on_sighup)
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / not supported
             log.warning("SIGHUP reload not available in this process")
 
