@@ -173,6 +173,14 @@ class RedisBreakerStore:
         """Ask Redis for a probe slot. Falls back to the local decision if Redis fails."""
         p = breaker.policy
         res = await self._call(breaker, "acquire", p.half_open_probes, int(p.probe_timeout_seconds * 1000))
+        if res is not None and res[1] < breaker.gen:
+            # Redis does not know our state (restarted, key evicted, or we tripped while it was down): write
+            # ours, then ask again; otherwise this breaker would wait forever for a half-open Redis never enters
+            remaining = max(0.0, breaker.open_until - self._clock()) if breaker.state is State.OPEN else 0.0
+            await self._call(
+                breaker, "set", breaker.gen - 1, breaker.state.value, int(remaining * 1000), breaker.trips, "resync"
+            )
+            res = await self._call(breaker, "acquire", p.half_open_probes, int(p.probe_timeout_seconds * 1000))
         if res is None:
             return breaker.admit_probe_locally(self._clock())
         state, gen, remaining, trips, granted = res

@@ -206,3 +206,23 @@ async def test_closed_breakers_never_touch_redis_and_redis_down_means_local_deci
         await rep.store.stop()
         await rep.client.aclose()
         await admin.aclose()
+
+
+async def test_a_breaker_redis_forgot_is_written_back_and_still_recovers(pair: tuple[Replica, Replica]) -> None:
+    a, b = pair
+    trip(a.breaker())
+    await until(lambda: b.breaker().state is State.OPEN, 1.0)
+    # Redis loses the state (restart without persistence, eviction): only this test's key is removed
+    key = f"{a.store.channel.rsplit('breaker:', 1)[0]}breaker:srv|{URL}"
+    assert await a.client.delete(key) == 1
+    await asyncio.sleep(POLICY.open_seconds + 0.05)
+    adm = await a.store.acquire(a.breaker())
+    assert adm.allowed and adm.probe
+    assert await a.client.hget(key, "state") == b"half_open"
+    await until(lambda: b.breaker().state is State.HALF_OPEN, 1.0)
+    second = await b.store.acquire(b.breaker())
+    assert second.probe
+    assert not (await a.store.acquire(a.breaker())).allowed  # N = 2 slots, both taken
+    a.store.report_probe(a.breaker(), adm.gen, ok=True)
+    b.store.report_probe(b.breaker(), second.gen, ok=True)
+    await until(lambda: a.breaker().state is State.CLOSED and b.breaker().state is State.CLOSED, 1.0)
