@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
 
 from gateway.audit.hashchain import VerifyReport
@@ -28,9 +27,11 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             print(f"error: {args.file}: {exc.strerror}", file=sys.stderr)
             return 2
         return _print(report, args.file)
-    dsn = args.dsn or os.environ.get("MGW_POSTGRES_DSN")
+    from gateway.db.cli import config_dsn
+
+    dsn = config_dsn(args)
     if not dsn:
-        print("error: give --file or --dsn (or set MGW_POSTGRES_DSN)", file=sys.stderr)
+        print("error: give --file or --dsn (or set MGW_POSTGRES_DSN, or postgres.dsn in --config)", file=sys.stderr)
         return 2
     try:
         report = asyncio.run(verify_postgres(dsn))
@@ -65,6 +66,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     src = p_verify.add_mutually_exclusive_group()
     src.add_argument("--file", help="a JSONL audit file (audit.sink: file)")
     src.add_argument("--dsn", help="PostgreSQL DSN of a role that reads every row (default: MGW_POSTGRES_DSN)")
+    p_verify.add_argument("--config", "-c", default="config.yaml", help="read postgres.dsn from here if no --dsn")
     p_verify.set_defaults(func=_cmd_verify)
     p_bench = audit_sub.add_parser(
         "bench", help="audit throughput (rows/s) through the real pipeline; --dsn uses a temporary database"

@@ -7,12 +7,28 @@ import asyncio
 import os
 import sys
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+
+def config_dsn(args: argparse.Namespace) -> str | None:
+    """--dsn, else MGW_POSTGRES_DSN, else `postgres.dsn` of the config file (if it exists)."""
+    dsn: str | None = args.dsn or os.environ.get("MGW_POSTGRES_DSN")
+    config = getattr(args, "config", None)
+    if not dsn and config and Path(config).exists():
+        from gateway.settings import SettingsError, load_settings
+
+        try:
+            dsn = load_settings(config).postgres.dsn
+        except SettingsError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return None
+    return dsn
 
 
 def _dsn(args: argparse.Namespace) -> str | None:
-    dsn: str | None = args.dsn or os.environ.get("MGW_POSTGRES_DSN")
+    dsn = config_dsn(args)
     if not dsn:
-        print("error: give --dsn or set MGW_POSTGRES_DSN", file=sys.stderr)
+        print("error: give --dsn, set MGW_POSTGRES_DSN, or set postgres.dsn in --config", file=sys.stderr)
     return dsn
 
 
@@ -83,12 +99,15 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p_mig = db_sub.add_parser("migrate", help="apply pending numbered SQL migrations")
     p_mig.add_argument("--dsn", help="owner DSN (default: MGW_POSTGRES_DSN)")
     p_mig.add_argument("--target", type=int, default=None, help="stop after this version")
+    p_mig.add_argument("--config", "-c", default="config.yaml", help="read postgres.dsn from here if no --dsn")
     p_mig.set_defaults(func=_cmd_migrate)
     p_status = db_sub.add_parser("status", help="list migrations and whether they are applied (exit 1 if pending)")
     p_status.add_argument("--dsn")
+    p_status.add_argument("--config", "-c", default="config.yaml")
     p_status.set_defaults(func=_cmd_status)
     p_ret = db_sub.add_parser("retention", help="create audit partitions ahead and drop those past retention")
     p_ret.add_argument("--dsn")
+    p_ret.add_argument("--config", "-c", default="config.yaml")
     p_ret.add_argument("--days", type=int, default=30, help="keep this many days (default 30)")
     p_ret.add_argument("--ahead", type=int, default=3, help="create partitions this many days ahead (default 3)")
     p_ret.set_defaults(func=_cmd_retention)
