@@ -1,7 +1,8 @@
 """Active health checks: one background task per upstream instance, speaking MCP to it.
 
 Kinds (HealthPolicy.kind):
-  mcp        streamable HTTP: initialize -> notifications/initialized -> ping -> DELETE of the probe session;
+  mcp        streamable HTTP: initialize -> notifications/initialized -> ping -> DELETE of the probe session
+             (on `eras: modern` routes: the stateless probe below);
              legacy SSE (`transport: sse`): open the SSE stream and wait for its `endpoint` event;
              WebSocket upstreams: a TCP connect to the instance (the MCP handshake there is per client socket)
   stateless  a 2026-07-28 `server/discover` POST; any well-formed JSON-RPC answer below 500 means it serves
@@ -76,6 +77,7 @@ class InstanceHealth:
 class _TaskSpec:
     health: HealthPolicy
     transport: str
+    eras: str = "both"
 
 
 class HealthMonitor:
@@ -145,7 +147,7 @@ class HealthMonitor:
         for name, server in snapshot.servers.items():
             for up in server.upstreams:
                 if server.health.enabled:
-                    wanted[(name, up.url)] = _TaskSpec(server.health, server.transport)
+                    wanted[(name, up.url)] = _TaskSpec(server.health, server.transport, server.eras)
         for key, (spec, task) in list(self._tasks.items()):
             if wanted.get(key) != spec:
                 task.cancel()
@@ -176,7 +178,7 @@ class HealthMonitor:
         if snapshot is None or policy is None:
             return False
         if spec is None:
-            spec = _TaskSpec(policy.health, policy.transport)
+            spec = _TaskSpec(policy.health, policy.transport, policy.eras)
         start = time.perf_counter()
         error: str | None = None
         try:
@@ -228,12 +230,13 @@ class HealthMonitor:
         hp = spec.health
         if hp.kind == "http":
             await self._probe_http(session, url, hp.path or "/", creds)
-        elif hp.kind == "stateless":
+        elif spec.transport == "websocket" or url.startswith(("ws://", "wss://")):
+            await self._probe_tcp(url)
+        elif hp.kind == "stateless" or spec.eras == "modern":
+            # a 2026-only route has no initialize to speak: its MCP check is the stateless one
             await self._probe_stateless(session, url, creds)
         elif spec.transport == "sse":
             await self._probe_sse(session, url, creds)
-        elif spec.transport == "websocket" or url.startswith(("ws://", "wss://")):
-            await self._probe_tcp(url)
         else:
             await self._probe_mcp(session, url, creds)
 
