@@ -18,6 +18,7 @@ import os
 import platform
 import resource
 import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from tests.harness import PYTHON, ROOT, Proc, start_redis
+from tests.harness import PYTHON, ROOT, Proc, start_redis, wait_port
 from tests.perf import profile as prof
 from tests.perf.stats import fmt, median, parse_vmrss_kib, ratio, rss_per_stream
 from tests.perf.targets import (
@@ -198,6 +199,60 @@ def measure_redis_round_trips(workdir: Path, upstream_port: int, duration: float
         "commands_per_request": {k: v / calls for k, v in delta.items()},
         "total_per_request": sum(delta.values()) / calls,
     }
+
+
+def measure_gc(workdir: Path, upstream_port: int, duration: float, warmup: float) -> dict[str, Any]:
+    """Share of the gateway's CPU spent in the cyclic GC under 32 connections, as is and with the tuning suggested.
+
+    The gateway runs under tests/perf/gc_probe.py (the same `gateway run`, plus gc.callbacks accounting).
+    """
+    out: dict[str, Any] = {}
+    for variant in ("default", "tuned"):
+        gw = start_bench_gateway(workdir, f"gc_{variant}", upstream_port, 64)
+        gw.stop()  # only its config, policies and port are reused, under the probe
+        stats_file = workdir / f"gc-{variant}.json"
+        argv = [PYTHON, "-m", "tests.perf.gc_probe", str(stats_file)]
+        argv += (["--tuned"] if variant == "tuned" else []) + ["--", "run", "--config", str(gw.config_path)]
+        gw.proc = Proc(argv, workdir / f"gc-{variant}.log").start()
+        snaps = [stats_file.with_name(f"{stats_file.name}.{i}") for i in (1, 2)]
+        try:
+            wait_port(gw.port, proc=gw.proc.popen, log=gw.proc.log)
+            wait_ready(gw)
+            target = gateway_target(variant, variant, gw)
+            measure_json(target, 32, max(warmup, 0.5), 0.0)  # warm: connections, caches, first collections
+            gw.proc.signal(signal.SIGUSR1)
+            res = measure_json(target, 32, duration, 0.0)
+            gw.proc.signal(signal.SIGUSR1)
+            deadline = time.monotonic() + 10
+            while not snaps[1].exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        except (RuntimeError, TimeoutError) as exc:
+            out[variant] = {"error": str(exc)[-300:]}
+            continue
+        finally:
+            gw.proc.stop()
+        if "error" in res or not all(p.exists() for p in snaps):
+            out[variant] = {"error": res.get("error", "no GC snapshots written")}
+            continue
+        before, after = (orjson.loads(p.read_bytes()) for p in snaps)
+        gens = {
+            g: {k: after["generations"][g][k] - before["generations"][g][k] for k in ("collections", "seconds")}
+            for g in after["generations"]
+        }
+        gc_s = sum(v["seconds"] for v in gens.values())
+        cpu_s = after["cpu_seconds"] - before["cpu_seconds"]
+        requests = int(res["requests"]) + 2  # + initialize and notifications/initialized
+        out[variant] = {
+            "gc_share_of_cpu": gc_s / cpu_s if cpu_s > 0 else math.nan,
+            "gc_us_per_request": gc_s / requests * 1e6,
+            "cpu_us_per_request": cpu_s / requests * 1e6,
+            "generations": gens,
+            "thresholds": after["thresholds"],
+            "live_objects": after["live_objects"],
+            "rps_single_sample": res["rps"],
+            "p99_ms_single_sample": res["p99_ms"],
+        }
+    return out
 
 
 def machine_info(rounds: int, args: argparse.Namespace) -> dict[str, Any]:
@@ -507,6 +562,10 @@ def main(argv: list[str] | None = None) -> int:
         redis_calls = measure_redis_round_trips(workdir, up_port, min(args.duration, 2.0))
         log(f"   {redis_calls}")
 
+        log("GC share of CPU under 32 connections (gc_probe), default vs tuned")
+        gc_stats = measure_gc(workdir, up_port, args.duration, args.warmup)
+        log(f"   { {k: v.get('gc_share_of_cpu', v.get('error')) for k, v in gc_stats.items()} }")
+
         audit_file = workdir / "embedded" / "audit.jsonl"
         activity = {
             "gw_embedded": {"audit_jsonl_lines": sum(1 for _ in audit_file.open("rb")) if audit_file.exists() else 0},
@@ -522,6 +581,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nchain stages: {stages}")
         print(f"backend activity: {activity}")
         print(f"Redis commands per tools/call (private Redis): {redis_calls}")
+        for variant, g in gc_stats.items():
+            if "error" in g:
+                print(f"GC ({variant}): {g['error']}")
+                continue
+            gens = ", ".join(
+                f"gen{k} {v['collections']}x {v['seconds'] * 1000:.0f} ms" for k, v in g["generations"].items()
+            )
+            print(
+                f"GC ({variant}, thresholds {g['thresholds']}): {g['gc_share_of_cpu']:.1%} of the gateway's CPU, "
+                f"{g['gc_us_per_request']:.0f} of {g['cpu_us_per_request']:.0f} CPU us/request ({gens}); "
+                f"single-sample {g['rps_single_sample']:.0f} req/s"
+            )
         for name, pr in profile.items():
             if not pr.get("top_self"):
                 print(f"\nprofile of {labels[name]}: {pr.get('status')}")
@@ -542,6 +613,7 @@ def main(argv: list[str] | None = None) -> int:
             "sse": {"interval_s": tick_interval, "events_per_round": args.sse_events},
             "idle_streams": memory,
             "redis_commands": redis_calls,
+            "gc": gc_stats,
             "issue_targets": checks,
             "profile": profile,
             "rounds": raw,
