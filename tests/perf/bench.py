@@ -279,6 +279,8 @@ def machine_info(rounds: int, args: argparse.Namespace) -> dict[str, Any]:
         "platform": platform.platform(),
         "aiohttp": aiohttp.__version__,
         "git_commit": commit,
+        # the machine is shared: a high load average means other work competed with every target
+        "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
         "rounds": rounds,
         "duration_s": args.duration,
         "warmup_s": args.warmup,
@@ -442,8 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     max_streams = max(1, (hard_fds - 512) // 2)
     streams = min(args.streams, max_streams)
     tick_interval = 0.005
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     try:
-        log(f"workdir {workdir}")
+        log(f"workdir {workdir}; load average {load_at_start}")
         upstream, up_port = start_fast_upstream(workdir, tick_interval, args.sse_events)
         procs.append(upstream)
         bare, bare_port = start_bare_proxy(workdir, up_port)
@@ -578,6 +581,8 @@ def main(argv: list[str] | None = None) -> int:
         labels = {n: t.label for n, t in targets.items()}
         table = render_table(labels, summary, ratios, memory, checks, unavailable)
         print(table)
+        load_now = [round(x, 2) for x in os.getloadavg()]
+        print(f"\nload average at start {load_at_start}, at end {load_now} (nproc {os.cpu_count()})")
         print(f"\nchain stages: {stages}")
         print(f"backend activity: {activity}")
         print(f"Redis commands per tools/call (private Redis): {redis_calls}")
@@ -603,7 +608,7 @@ def main(argv: list[str] | None = None) -> int:
             for row in pr["top_self_main_thread"][:15]:
                 print(f"{row['share'] * 100:6.1f}%  {row['function']}")
         result = {
-            "machine": machine_info(args.rounds, args),
+            "machine": {**machine_info(args.rounds, args), "loadavg_at_start": load_at_start},
             "targets": {n: {"label": t.label, "json_url": t.json_url, "notes": t.notes} for n, t in targets.items()},
             "unavailable": unavailable,
             "chain_stages": stages,
