@@ -607,6 +607,9 @@ def main(argv: list[str] | None = None) -> int:
             print("top self time in the event-loop thread (share of that thread's samples):")
             for row in pr["top_self_main_thread"][:15]:
                 print(f"{row['share'] * 100:6.1f}%  {row['function']}")
+            print("gateway code, inclusive of callees (share of all samples):")
+            for row in pr["top_inclusive_gateway"][:15]:
+                print(f"{row['share'] * 100:6.1f}%  {row['function']}")
         result = {
             "machine": {**machine_info(args.rounds, args), "loadavg_at_start": load_at_start},
             "targets": {n: {"label": t.label, "json_url": t.json_url, "notes": t.notes} for n, t in targets.items()},
@@ -666,6 +669,10 @@ def run_profile(t: Target, args: argparse.Namespace, workdir: Path) -> dict[str,
         "top_self_main_thread": prof.top(parsed["main_self"], sum(parsed["main_self"].values()), 30),
         "top_self": prof.top(parsed["self"], total, 30),
         "top_inclusive": prof.top(parsed["inclusive"], total, 40),
+        # where the gateway's own code spends (callees included): chain stages, observers, forwarder
+        "top_inclusive_gateway": [
+            row for row in prof.top(parsed["inclusive"], total, 400) if "(gateway/" in row["function"]
+        ][:25],
     }
 
 
