@@ -30,6 +30,7 @@ lint: $(STAMP)
 
 services:
 	@bash scripts/ensure-services.sh
+	@bash deploy/scripts/install-promtool.sh
 
 bench: $(STAMP) services
 	$(PY) -m tests.perf.bench

@@ -1,0 +1,268 @@
+"""deploy/: everything that can be checked without a container engine. Files parse; every file the Dockerfile,
+compose file and Kubernetes manifests refer to exists; settings and policies shipped there validate; metric names
+in alert rules and the dashboard exist in the code; `promtool` accepts the rules and the Prometheus config."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from gateway.policy.loader import load_policy
+from gateway.settings import load_settings
+from tests.harness import ROOT
+
+pytestmark = pytest.mark.integration
+
+DEPLOY = ROOT / "deploy"
+K8S = DEPLOY / "k8s"
+METRIC = re.compile(r"\bmcp_gateway_[a-z0-9_]+")
+HISTOGRAM_SUFFIXES = ("_bucket", "_count", "_sum")
+
+
+def yaml_files() -> list[Path]:
+    return sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml"))
+
+
+def docs(path: Path) -> list[Any]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d is not None]
+
+
+def k8s_objects() -> Iterator[tuple[Path, dict[str, Any]]]:
+    for path in sorted(K8S.glob("*.yaml")):
+        for doc in docs(path):
+            if isinstance(doc, dict) and "kind" in doc and doc.get("apiVersion") != "kustomize.config.k8s.io/v1beta1":
+                yield path, doc
+
+
+def k8s_kind(kind: str) -> dict[str, Any]:
+    found = [doc for path, doc in k8s_objects() if doc["kind"] == kind and path.name != "secret.example.yaml"]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def code_metric_names() -> set[str]:
+    names: set[str] = set()
+    for path in (ROOT / "gateway").rglob("*.py"):
+        names.update(METRIC.findall(path.read_text()))
+    return names
+
+
+def used_metric_names(text: str) -> set[str]:
+    return set(METRIC.findall(text))
+
+
+def known(name: str, code: set[str]) -> bool:
+    if name in code:
+        return True
+    return any(name.endswith(s) and name[: -len(s)] in code for s in HISTOGRAM_SUFFIXES)
+
+
+# ---------------------------------------------------------------------- parsing and references
+
+
+def test_every_yaml_and_json_file_parses() -> None:
+    files = yaml_files()
+    assert len(files) >= 15
+    for path in files:
+        assert docs(path), f"{path} is empty"
+    dashboards = sorted(DEPLOY.rglob("*.json"))
+    assert dashboards
+    for path in dashboards:
+        json.loads(path.read_text())
+
+
+def test_dockerfile_is_slim_non_root_with_healthcheck_and_existing_sources() -> None:
+    text = (DEPLOY / "Dockerfile").read_text()
+    lines = [ln.strip() for ln in text.replace("\\\n", " ").splitlines() if ln.strip() and not ln.startswith("#")]
+    froms = [ln.split()[1] for ln in lines if ln.upper().startswith("FROM ")]
+    assert froms and all("slim" in f for f in froms)
+    users = [ln.split()[1] for ln in lines if ln.upper().startswith("USER ")]
+    assert users and users[-1].split(":")[0] not in ("root", "0")
+    health = [ln for ln in lines if ln.upper().startswith("HEALTHCHECK ")]
+    assert len(health) == 1 and "/healthz" in health[0]
+    copies = [ln.split()[1:] for ln in lines if ln.upper().startswith("COPY ") and "--from=" not in ln]
+    assert copies
+    for args in copies:
+        for src in args[:-1]:  # the build context is the repository root (compose: context ..)
+            assert (ROOT / src).exists(), f"Dockerfile copies missing {src}"
+
+
+def test_compose_has_two_gateways_and_the_services_and_every_mounted_file_exists() -> None:
+    compose = docs(DEPLOY / "compose.yaml")[0]
+    services: dict[str, Any] = compose["services"]
+    gateways = [
+        n for n, s in services.items() if s.get("ports") and "8080" in str(s["ports"]) and n.startswith("gateway")
+    ]
+    assert len(gateways) >= 2
+    images = {n: str(s.get("image", "")) for n, s in services.items()}
+    for needed in ("redis", "postgres", "prom/prometheus", "grafana/grafana"):
+        assert any(needed in img for img in images.values()), f"no {needed} service"
+    assert any("example-upstream" in str(s.get("entrypoint", "")) for s in services.values())
+    for name, svc in services.items():
+        build = svc.get("build")
+        if build:
+            context = (DEPLOY / build["context"]).resolve()
+            assert (context / build["dockerfile"]).is_file(), name
+        for entry in svc.get("volumes", []):
+            src = str(entry).split(":")[0]
+            if src.startswith((".", "/")):
+                assert (DEPLOY / src).exists(), f"{name} mounts missing {src}"
+        entry = svc.get("entrypoint") or []
+        for arg in entry:
+            if arg.endswith(".py"):
+                assert (ROOT / arg).is_file(), f"{name} runs missing {arg}"
+    for gw in gateways:
+        env = services[gw]["environment"]
+        # secrets by reference: from the environment of `docker compose`, never literal
+        assert env["MGW_APIKEY_SECRET"].startswith("${")
+        assert services[gw]["stop_grace_period"]
+    prom = docs(DEPLOY / "prometheus" / "prometheus.yml")[0]
+    targets = prom["scrape_configs"][0]["static_configs"][0]["targets"]
+    assert {t.split(":")[0] for t in targets} == set(gateways)
+
+
+def test_container_settings_and_policies_validate(tmp_path: Path) -> None:
+    settings = load_settings(DEPLOY / "config" / "gateway.yaml", env={"MGW_APIKEY_SECRET": "x"})
+    assert settings.listen.host == "0.0.0.0"
+    assert settings.api_keys.hmac_secret.env == "MGW_APIKEY_SECRET"
+    load_policy(DEPLOY / "policies")
+    # the Kubernetes ConfigMaps carry a valid config and a valid policy set
+    maps = {doc["metadata"]["name"]: doc for _, doc in k8s_objects() if doc["kind"] == "ConfigMap"}
+    pol_dir = tmp_path / "policies"
+    pol_dir.mkdir()
+    for name, text in maps["mcp-gateway-policies"]["data"].items():
+        (pol_dir / name).write_text(text)
+    load_policy(pol_dir)
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(maps["mcp-gateway-config"]["data"]["config.yaml"])
+    k8s_settings = load_settings(cfg, env={"MGW_APIKEY_SECRET": "x"})
+    deployment = k8s_kind("Deployment")
+    mounts = {
+        m["name"]: m["mountPath"] for m in deployment["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+    }
+    assert k8s_settings.policies_dir == mounts["policies"]
+    assert k8s_settings.policy_poll_seconds > 0  # a ConfigMap edit is picked up without a restart
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > k8s_settings.http.shutdown_grace_seconds
+
+
+def test_kubernetes_manifests_hang_together() -> None:
+    kust = docs(K8S / "kustomization.yaml")[0]
+    for res in kust["resources"]:
+        assert (K8S / res).is_file(), f"kustomization lists missing {res}"
+    assert "secret.example.yaml" not in kust["resources"]
+    dep = k8s_kind("Deployment")
+    spec = dep["spec"]
+    assert spec["replicas"] >= 2
+    pod = spec["template"]["spec"]
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    (container,) = pod["containers"]
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    for env in container["env"]:  # secrets by reference only
+        if any(w in env["name"] for w in ("SECRET", "DSN", "REDIS_URL", "PASSWORD")):
+            assert "value" not in env and "secretKeyRef" in env["valueFrom"], env["name"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    config_maps = {doc["metadata"]["name"] for _, doc in k8s_objects() if doc["kind"] == "ConfigMap"}
+    for vol in volumes.values():
+        if "configMap" in vol:
+            assert vol["configMap"]["name"] in config_maps
+    policies_mount = next(m for m in container["volumeMounts"] if m["name"] == "policies")
+    assert "subPath" not in policies_mount  # subPath mounts never see ConfigMap updates
+    svc = k8s_kind("Service")
+    assert svc["spec"]["selector"].items() <= labels.items()
+    hpa = k8s_kind("HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
+    assert hpa["spec"]["minReplicas"] >= 2
+    pdb = k8s_kind("PodDisruptionBudget")
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    assert pdb["spec"]["minAvailable"] < hpa["spec"]["minReplicas"]
+
+
+# ---------------------------------------------------------------------- metrics in rules and dashboard
+
+
+def test_alert_rules_cover_the_required_conditions_with_existing_metrics() -> None:
+    text = (DEPLOY / "prometheus" / "alerts.yml").read_text()
+    rules = [r for g in docs(DEPLOY / "prometheus" / "alerts.yml")[0]["groups"] for r in g["rules"]]
+    exprs = " ".join(r["expr"] for r in rules)
+    for metric in (
+        "mcp_gateway_breaker_state",  # breaker open
+        "mcp_gateway_ratelimit_fallback_active",  # limiter on fallback
+        "mcp_gateway_audit_spool_bytes",  # audit spool growing
+        "mcp_gateway_policy_reloads_total",  # reload failures
+        "mcp_gateway_requests_total",  # error rate
+    ):
+        assert metric in exprs
+    code = code_metric_names()
+    missing = sorted(n for n in used_metric_names(text) if not known(n, code))
+    assert missing == []
+
+
+def test_dashboard_uses_existing_metrics() -> None:
+    code = code_metric_names()
+    for path in sorted((DEPLOY / "grafana").rglob("*.json")):
+        dash = json.loads(path.read_text())
+        exprs = [t["expr"] for p in dash["panels"] for t in p.get("targets", [])]
+        assert len(exprs) >= 10
+        used = set().union(*(used_metric_names(e) for e in exprs))
+        missing = sorted(n for n in used if not known(n, code))
+        assert missing == [], f"{path.name}: {missing}"
+    provisioning = docs(DEPLOY / "grafana" / "provisioning" / "dashboards" / "mcp-gateway.yml")[0]
+    compose = docs(DEPLOY / "compose.yaml")[0]
+    mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in compose["services"]["grafana"]["volumes"]}
+    assert mounts[provisioning["providers"][0]["options"]["path"]] == "./grafana/dashboards"
+
+
+def _promtool() -> str:
+    exe = shutil.which("promtool")
+    if exe is None:
+        pytest.fail(
+            "promtool is not installed: run `make services` (deploy/scripts/install-promtool.sh installs Debian's "
+            "'prometheus' package) so the alert rules can be checked"
+        )
+    return exe
+
+
+def test_promtool_accepts_rules_and_config() -> None:
+    exe = _promtool()
+    rules = subprocess.run(
+        [exe, "check", "rules", "alerts.yml"],
+        cwd=DEPLOY / "prometheus",
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert rules.returncode == 0, rules.stdout + rules.stderr
+    assert "SUCCESS" in rules.stdout
+    config = subprocess.run(
+        [exe, "check", "config", "prometheus.yml"],
+        cwd=DEPLOY / "prometheus",
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=60,
+    )
+    assert config.returncode == 0, config.stdout + config.stderr
+
+
+def test_promtool_rejects_a_broken_rule(tmp_path: Path) -> None:
+    """The check above is real: promtool fails on a rule with a bad expression."""
+    exe = _promtool()
+    bad = tmp_path / "bad.yml"
+    bad.write_text(
+        "groups:\n  - name: x\n    rules:\n      - alert: X\n        expr: sum(rate(mcp_gateway_requests_total[5m])\n"
+    )
+    result = subprocess.run([exe, "check", "rules", str(bad)], capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode != 0
