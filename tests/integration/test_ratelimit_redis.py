@@ -1,0 +1,202 @@
+"""The Redis store and its failover against real Redis servers (shared one with unique prefixes; a private one for
+kill/restart and SCRIPT FLUSH)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+from prometheus_client import CollectorRegistry
+
+from gateway.ratelimit.backend import LimiterBackend
+from gateway.ratelimit.gcra import SlotCheck, TierCheck
+from gateway.ratelimit.metrics import RateLimitMetrics
+from gateway.ratelimit.redis_store import RedisLimiterStore
+from tests.harness import RedisInstance
+
+pytestmark = pytest.mark.integration
+
+
+def client_for(url: str) -> aioredis.Redis:
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=10, timeout=0.25, socket_timeout=0.25, socket_connect_timeout=0.25
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+@pytest.fixture
+async def shared(redis_url: str) -> AsyncIterator[tuple[aioredis.Redis, str]]:
+    client = client_for(redis_url)
+    prefix = f"mgwtest:{uuid.uuid4().hex[:8]}:"
+    try:
+        yield client, prefix
+    finally:
+        keys = [k async for k in client.scan_iter(f"{prefix}*")]
+        if keys:
+            await client.delete(*keys)
+        await client.aclose()
+
+
+def tier(name: str, rate: float, burst: float, cost: int = 1, shadow: bool = False) -> TierCheck:
+    return TierCheck(name, f"k:{name}", 1.0 / rate, burst, cost, shadow, shared=True)
+
+
+async def test_single_key_admits_burst_plus_rate_times_window(shared: tuple[aioredis.Redis, str]) -> None:
+    client, prefix = shared
+    store = RedisLimiterStore(client, prefix)
+    rate, burst, window = 40.0, 10, 3.0  # a 10 s window scaled down: 130 expected, the +-1 bound unchanged
+    t = tier("global", rate, burst)
+    admitted = 0
+    first_sent = first_back = last_sent = last_back = 0.0
+    start = time.monotonic()
+    while True:
+        sent = time.monotonic()
+        if sent - start >= window:
+            break
+        v = await store.decide([t], [], 0)
+        back = time.monotonic()
+        if admitted == 0 and v.allowed:
+            first_sent, first_back = sent, back
+        if v.allowed:
+            admitted += 1
+            last_sent, last_back = sent, back
+    # Redis decided each request somewhere between its send and its answer
+    low = burst + rate * (last_sent - first_back)
+    high = burst + rate * (last_back - first_sent)
+    assert low - 1 <= admitted <= high + 1, (admitted, low, high)
+    assert abs(admitted - (burst + rate * window)) <= 1 + rate * 0.05  # and it is the full window's worth
+
+
+async def test_refused_by_one_tier_consumes_nothing(shared: tuple[aioredis.Redis, str]) -> None:
+    client, prefix = shared
+    store = RedisLimiterStore(client, prefix)
+    big, small = tier("global", 0.01, 10), tier("key", 0.01, 1)
+    assert (await store.decide([big, small], [], 0)).allowed
+    for _ in range(5):
+        v = await store.decide([big, small], [], 0)
+        assert not v.allowed and v.refused_by is not None and v.refused_by.name == "key"
+        assert v.refused_by.retry_after > 50
+    alone = await store.decide([big], [], 0)
+    assert alone.allowed and alone.tiers[0].remaining == 8
+
+
+async def test_shadow_tier_reports_without_refusing(shared: tuple[aioredis.Redis, str]) -> None:
+    client, prefix = shared
+    store = RedisLimiterStore(client, prefix)
+    shadow = tier("user", 0.01, 1, shadow=True)
+    verdicts = [await store.decide([tier("global", 100, 100), shadow], [], 0) for _ in range(3)]
+    assert all(v.allowed for v in verdicts)
+    assert [len(v.shadow_refusals) for v in verdicts] == [0, 1, 1]
+
+
+async def test_slots_cap_release_and_expiry(shared: tuple[aioredis.Redis, str]) -> None:
+    client, prefix = shared
+    store = RedisLimiterStore(client, prefix)
+    cap = [SlotCheck("tenant_calls", "c:t:calls:acme", 2)]
+    a = await store.decide([], cap, slot_ttl=1.0)
+    b = await store.decide([], cap, slot_ttl=1.0)
+    c = await store.decide([], cap, slot_ttl=1.0)
+    assert a.allowed and b.allowed and not c.allowed
+    assert c.slot_refused is not None and c.slot_refused.name == "tenant_calls"
+    assert a.hold is not None
+    await store.release(a.hold)
+    assert (await store.decide([], cap, slot_ttl=1.0)).allowed
+    # b and the last one are never released (their replica "crashed"): they expire after the TTL
+    deadline = time.monotonic() + 5
+    while not (await store.decide([], cap, slot_ttl=1.0)).allowed:
+        assert time.monotonic() < deadline, "slots never expired"
+        await asyncio.sleep(0.1)
+
+
+async def test_refresh_keeps_a_live_slot(shared: tuple[aioredis.Redis, str]) -> None:
+    client, prefix = shared
+    store = RedisLimiterStore(client, prefix)
+    cap = [SlotCheck("key_streams", "c:k:streams:k1", 1)]
+    held = await store.decide([], cap, slot_ttl=1.0)
+    assert held.allowed and held.hold is not None
+    for _ in range(4):
+        await asyncio.sleep(0.4)
+        await store.refresh([held.hold], 1.0)
+        assert not (await store.decide([], cap, slot_ttl=1.0)).allowed  # still held after 1.6 s > TTL
+
+
+async def test_script_flush_mid_run_causes_no_error(private_redis: RedisInstance) -> None:
+    client = client_for(private_redis.url)
+    admin = aioredis.Redis.from_url(private_redis.url)
+    metrics = RateLimitMetrics(CollectorRegistry())
+    backend = LimiterBackend(RedisLimiterStore(client, "mgw:"), metrics)
+    try:
+        t = tier("global", 1000, 1000)
+        for i in range(200):
+            if i % 40 == 20:
+                await admin.script_flush()
+            v = await backend.decide([t], [], 0)
+            assert v.allowed and v.backend == "redis"
+        assert not backend.degraded
+        stats = await admin.info("commandstats")
+        assert stats["cmdstat_script|load"]["calls"] >= 5  # really reloaded after each of the 5 flushes
+        assert stats["cmdstat_evalsha"]["failed_calls"] >= 5  # each flush was noticed as NOSCRIPT
+    finally:
+        await client.aclose()
+        await admin.aclose()
+
+
+async def test_redis_killed_falls_back_and_returns(private_redis: RedisInstance) -> None:
+    client = client_for(private_redis.url)
+    registry = CollectorRegistry()
+    metrics = RateLimitMetrics(registry)
+    backend = LimiterBackend(RedisLimiterStore(client, "mgw:"), metrics)
+    backend.probe_interval = 0.25
+    probe = asyncio.create_task(backend.probe_loop())
+    t = tier("global", 1000, 50)
+    try:
+        assert (await backend.decide([t], [], 0)).backend == "redis"
+        private_redis.stop()
+        seen: set[str] = set()
+        for _ in range(50):
+            v = await backend.decide([t], [], 0, "fallback", 0.5)
+            seen.add(v.backend)
+            await asyncio.sleep(0.005)
+        assert seen == {"fallback"} or seen == {"redis", "fallback"}
+        assert backend.degraded
+        assert registry.get_sample_value("mcp_gateway_ratelimit_fallback_active") == 1
+        # the fallback takes fallback_share of shared tiers: half of the burst of 50
+        admitted = sum(
+            [(await backend.decide([tier("tenant", 0.001, 10)], [], 0, "fallback", 0.5)).allowed for _ in range(20)]
+        )
+        assert admitted == 5
+        private_redis.start()
+        back = time.monotonic()
+        while backend.degraded:
+            assert time.monotonic() - back < 2.0, "did not return to Redis within 2 s"
+            await asyncio.sleep(0.02)
+        assert (await backend.decide([t], [], 0)).backend == "redis"
+        assert registry.get_sample_value("mcp_gateway_ratelimit_fallback_active") == 0
+        assert (
+            registry.get_sample_value("mcp_gateway_ratelimit_fallback_transitions_total", {"direction": "to_redis"})
+            == 1
+        )
+    finally:
+        probe.cancel()
+        await client.aclose()
+
+
+async def test_fail_modes_open_and_closed(private_redis: RedisInstance) -> None:
+    from gateway.errors import ServiceUnavailable
+
+    client = client_for(private_redis.url)
+    backend = LimiterBackend(RedisLimiterStore(client, "mgw:"), RateLimitMetrics(CollectorRegistry()))
+    t = tier("global", 0.001, 1)
+    try:
+        private_redis.stop()
+        v = await backend.decide([t], [], 0, "open")
+        assert v.allowed and v.backend == "open"
+        assert (await backend.decide([t], [], 0, "open")).allowed  # open admits past the limit
+        with pytest.raises(ServiceUnavailable):
+            await backend.decide([t], [], 0, "closed")
+    finally:
+        await client.aclose()
