@@ -161,7 +161,7 @@ async def test_redis_killed_falls_back_and_returns(private_redis: RedisInstance)
             v = await backend.decide([t], [], 0, "fallback", 0.5)
             seen.add(v.backend)
             await asyncio.sleep(0.005)
-        assert seen == {"fallback"} or seen == {"redis", "fallback"}
+        assert seen == {"fallback"}  # even the request that met the dead Redis was decided, in process
         assert backend.degraded
         assert registry.get_sample_value("mcp_gateway_ratelimit_fallback_active") == 1
         # the fallback takes fallback_share of shared tiers: half of the burst of 50
