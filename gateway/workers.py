@@ -13,8 +13,8 @@ The kernel spreads new connections over the N listening sockets. The supervisor:
 
 Each worker is a complete gateway: state that must be shared (rate limits, breakers, sessions) is shared through
 Redis exactly as it is between replicas; without Redis each worker has its own in-process state (see
-docs/operations.md). Each worker keeps its own audit spool file (`<spool>.w<index>`), since a spool is replayed by
-the process that owns it.
+docs/operations.md). Each worker keeps its own audit spool file (worker 0 the configured `spool_path`, worker i
+`<spool_path>.w<i>`), since a spool is replayed by the process that owns it.
 """
 
 from __future__ import annotations
@@ -54,6 +54,9 @@ def is_worker() -> bool:
 
 
 def worker_spool_path(spool_path: str, index: int) -> str:
+    """Worker 0 keeps the configured path, so going back to `workers: 1` still replays its spool."""
+    if index == 0:
+        return spool_path
     p = Path(spool_path)
     return str(p.with_name(f"{p.name}.w{index}"))
 
