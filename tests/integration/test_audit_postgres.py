@@ -16,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from gateway.audit.metrics import AuditMetrics
 from gateway.audit.pipeline import AuditPipeline
 from gateway.audit.postgres import PostgresSink
+from gateway.audit.verify import verify_postgres
 from gateway.auth.principal import Principal
 from gateway.context import RequestContext
 from gateway.jsonrpc import parse_message
@@ -91,25 +92,23 @@ async def test_records_reach_postgres_and_verify_catches_edits_and_deletions(pos
         try:
             original = await conn.fetchval("SELECT tenant FROM audit_records WHERE seq = 50")
             await conn.execute("UPDATE audit_records SET tenant = 'evil' WHERE seq = 50")
-            edited = cli("audit", "verify", "--dsn", dsn)
+            edited = cli(
+                "audit", "verify", "--dsn", dsn
+            )  # the CLI once for its exit code, then the same code in-process
             assert edited.returncode == 1 and "seq 50" in edited.stdout and "altered" in edited.stdout
             await conn.execute("UPDATE audit_records SET tenant = $1 WHERE seq = 50", original)
-            assert cli("audit", "verify", "--dsn", dsn).returncode == 0  # restoring the value restores the hash
+            assert (await verify_postgres(dsn)).ok  # restoring the value restores the hash
             await conn.execute("DELETE FROM audit_records WHERE seq = 120")
-            deleted = cli("audit", "verify", "--dsn", dsn)
-            assert deleted.returncode == 1 and "missing" in deleted.stdout
+            assert any("seq 121" in p and "missing" in p for p in (await verify_postgres(dsn)).problems)
             await conn.execute("DELETE FROM audit_records WHERE seq = 300")
-            tail = cli("audit", "verify", "--dsn", dsn)
-            assert tail.returncode == 1 and "end of the chain" in tail.stdout
+            assert any("end of the chain" in p for p in (await verify_postgres(dsn)).problems)
             # reordering: swap two records' positions in the chain
             await conn.execute(
                 "UPDATE audit_records SET seq = CASE seq WHEN 10 THEN 11 ELSE 10 END WHERE seq IN (10, 11)"
             )
-            swapped = cli("audit", "verify", "--dsn", dsn)
-            assert swapped.returncode == 1 and "seq 10" in swapped.stdout
+            assert any("seq 10" in p for p in (await verify_postgres(dsn)).problems)
             await conn.execute("DELETE FROM audit_chain_heads")
-            headless = cli("audit", "verify", "--dsn", dsn)
-            assert headless.returncode == 1 and "no chain head" in headless.stdout
+            assert any("no chain head" in p for p in (await verify_postgres(dsn)).problems)
         finally:
             await conn.close()
 
