@@ -23,6 +23,17 @@ MAX_JWKS_BYTES = 1024 * 1024
 FetchHook = Callable[[str], None]  # called with "ok" / "error" after every fetch (metrics)
 
 
+# the key type each algorithm family needs (RFC 7518)
+_KTY = {"HS": "oct", "RS": "RSA", "PS": "RSA", "ES": "EC", "Ed": "OKP"}
+
+
+def _compatible(jwk: dict[str, Any], alg: str) -> bool:
+    """Whether a JWK may verify a token of `alg`: signature use, its `alg` (if it fixes one), its key type."""
+    if jwk.get("use") not in (None, "sig") or jwk.get("alg") not in (None, alg):
+        return False
+    return jwk.get("kty") == _KTY.get(alg[:2])
+
+
 @dataclass(slots=True)
 class JwksCache:
     url: str
@@ -60,7 +71,7 @@ class JwksCache:
     def _find(self, kid: str | None, alg: str) -> jwt.PyJWK | None:
         if kid is None:
             # no kid: acceptable only when exactly one key could verify this algorithm
-            candidates = [k for k, jwk in self._jwks.items() if jwk.get("alg") in (None, alg)]
+            candidates = [k for k, jwk in self._jwks.items() if _compatible(jwk, alg)]
             if len(candidates) != 1:
                 return None
             kid = candidates[0]
@@ -70,7 +81,7 @@ class JwksCache:
         jwk = self._jwks.get(kid)
         if jwk is None:
             return None
-        if jwk.get("alg") not in (None, alg) or jwk.get("use") not in (None, "sig"):
+        if not _compatible(jwk, alg):
             return None
         try:
             prepared = jwt.PyJWK(jwk, algorithm=alg)

@@ -1,0 +1,209 @@
+"""Authorization stage on compiled policy: tenant reach, method scopes, tool rules from tenant / access.yaml /
+key (deny wins, shadow records), tools/list filtering, and the insufficient_scope challenge only on OAuth routes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from gateway.auth.principal import Principal, anonymous_principal
+from gateway.auth.tools import ToolMatcher
+from gateway.context import RequestContext
+from gateway.errors import Forbidden
+from gateway.filters.authz import Authz
+from gateway.jsonrpc import parse_message
+from gateway.policy.model import PolicySet
+from gateway.policy.snapshot import Snapshot
+
+pytestmark = pytest.mark.unit
+
+PUBLIC = "https://gw.example"
+
+
+def snapshot() -> Snapshot:
+    up = [{"url": "http://127.0.0.1:1/mcp"}]
+    oauth = {
+        "methods": ["jwt"],
+        "jwt": {
+            "issuer": "https://idp",
+            "jwks_url": "https://idp/jwks",
+            "authorization_servers": ["https://idp"],
+            "scope_map": {"mcp:call": ["write"], "mcp:read": ["read"]},
+        },
+    }
+    policy = PolicySet.model_validate(
+        {
+            "servers": {
+                "servers": {
+                    "a": {"upstreams": up, "owner": "acme"},
+                    "shared": {"upstreams": up, "owner": "acme", "shared_with": ["globex"]},
+                    "open": {"upstreams": up, "shared_with": ["*"]},
+                    "oauth": {"upstreams": up, "owner": "acme", "auth": oauth},
+                }
+            },
+            "tenants": {
+                "tenants": {
+                    "acme": {"servers": ["a"], "tools": {"deny": ["secret_*"]}},
+                    "globex": {"tools": {"allow": ["echo", "add"]}},
+                }
+            },
+            "access": {
+                "rules": [
+                    {"tenant": "acme", "server": "a", "role": "intern", "tools": {"deny": ["add"]}},
+                    {"server": "shared", "tools": {"deny": ["echo"], "mode": "shadow"}},
+                ]
+            },
+        }
+    )
+    return Snapshot.build(policy, "v", Path("."), 0.0)
+
+
+SNAP = snapshot()
+AUTHZ = Authz(SNAP, PUBLIC)
+
+
+def ctx(server: str, principal: Principal | None, *messages: dict[str, Any]) -> RequestContext:
+    body = orjson.dumps(messages[0] if len(messages) == 1 else list(messages))
+    c = RequestContext(
+        request_id="r",
+        snapshot=SNAP,
+        server_name=server,
+        server=SNAP.servers[server],
+        client_ip="127.0.0.1",
+        transport="streamable-http",
+        http_method="POST",
+        principal=principal,
+    )
+    c.message = parse_message(body, "2025-03-26" if len(messages) > 1 else None)
+    return c
+
+
+def call(tool: str, rpc_id: int = 1) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": rpc_id, "method": "tools/call", "params": {"name": tool, "arguments": {}}}
+
+
+def listing(rpc_id: int = 1) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": rpc_id, "method": "tools/list"}
+
+
+def key(tenant: str = "acme", scopes: tuple[str, ...] = ("read", "write"), **kw: Any) -> Principal:
+    return Principal(tenant=tenant, subject="key:k", scopes=frozenset(scopes), key_id="k", **kw)
+
+
+async def refused(c: RequestContext) -> Forbidden:
+    with pytest.raises(Forbidden) as info:
+        await AUTHZ(c)
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("server", "tenant", "allowed"),
+    [
+        ("a", "acme", True),
+        ("a", "globex", False),
+        ("shared", "globex", True),
+        ("open", "globex", True),
+        ("open", "anyone", True),
+    ],
+)
+async def test_tenant_reach(server: str, tenant: str, allowed: bool) -> None:
+    c = ctx(server, key(tenant), listing())
+    if allowed:
+        await AUTHZ(c)
+    else:
+        assert (await refused(c)).reason == "server_not_allowed"
+
+
+async def test_scopes_map_methods() -> None:
+    ro = key(scopes=("read",))
+    await AUTHZ(ctx("a", ro, listing()))
+    err = await refused(ctx("a", ro, call("echo")))
+    assert (err.status, err.reason, err.data["requiredScope"]) == (403, "scope_denied", "write")
+    assert "WWW-Authenticate" not in err.headers  # API-key principal, not an OAuth route
+    # unknown/extension methods need admin
+    ext = {"jsonrpc": "2.0", "id": 2, "method": "vendor/frobnicate"}
+    assert (await refused(ctx("a", key(), ext))).reason == "scope_denied"
+    await AUTHZ(ctx("a", key(scopes=("admin",)), ext))
+    # responses and notifications are not method calls of the caller's
+    await AUTHZ(ctx("a", ro, {"jsonrpc": "2.0", "method": "notifications/initialized"}))
+
+
+async def test_every_batch_element_is_authorized() -> None:
+    err = await refused(ctx("a", key(scopes=("read",)), listing(1), call("echo", 2)))
+    assert err.reason == "scope_denied"
+
+
+async def test_insufficient_scope_challenge_only_for_jwt_on_oauth_route() -> None:
+    jwt_reader = Principal(tenant="acme", subject="u", scopes=frozenset({"read"}), method="jwt", issuer="https://idp")
+    err = await refused(ctx("oauth", jwt_reader, call("echo")))
+    assert err.headers["WWW-Authenticate"] == (
+        'Bearer error="insufficient_scope", scope="mcp:call", '
+        f'resource_metadata="{PUBLIC}/.well-known/oauth-protected-resource/mcp/oauth"'
+    )
+    # the same refusal for an API key on that route carries no challenge (step-up cannot help a key)
+    assert "WWW-Authenticate" not in (await refused(ctx("oauth", key(scopes=("read",)), call("echo")))).headers
+
+
+@pytest.mark.parametrize(
+    ("server", "principal", "tool", "allowed"),
+    [
+        ("a", key(), "echo", True),
+        ("a", key(), "secret_admin_tool", False),  # tenant deny (pattern)
+        ("a", key(role="intern"), "add", False),  # access.yaml rule for this tenant, server and role
+        ("a", key(), "add", True),  # ... which does not apply to other roles
+        ("shared", key("globex"), "whoami", False),  # tenant allow list
+        ("shared", key("globex"), "add", True),
+        ("a", key(tools=ToolMatcher([], ["add"], source="key")), "add", False),  # the key's own rule
+        ("a", key(tools=ToolMatcher(["echo"], [], source="key")), "add", False),
+        ("a", key(tools=ToolMatcher(["echo"], [], source="key")), "echo", True),
+    ],
+)
+async def test_tool_rules(server: str, principal: Principal, tool: str, allowed: bool) -> None:
+    c = ctx(server, principal, call(tool))
+    if allowed:
+        await AUTHZ(c)
+    else:
+        err = await refused(c)
+        assert (err.status, err.reason) == (403, "tool_denied")
+
+
+async def test_shadow_rule_records_and_lets_through() -> None:
+    c = ctx("shared", key(), call("echo"))
+    await AUTHZ(c)
+    assert [(s.stage, s.reason) for s in c.shadow] == [("authz", "tool_denied")]
+    assert c.notes["shadow_tool_denied_by"] == ["access[1]"]
+
+
+async def test_tools_list_answer_filtered() -> None:
+    c = ctx("a", key(tools=ToolMatcher([], ["add"], source="key")), listing(7))
+    await AUTHZ(c)
+    assert c.transform is not None
+    tools = [{"name": n} for n in ("echo", "add", "secret_admin_tool", "whoami")] + [{"nameless": 1}, "junk"]
+    answer = {"jsonrpc": "2.0", "id": 7, "result": {"tools": tools, "nextCursor": "c"}}
+    out = c.transform(answer)
+    assert out["result"] == {"tools": [{"name": "echo"}, {"name": "whoami"}], "nextCursor": "c"}
+    # other messages of the answer stream pass untouched (same object: the forwarder relays the bytes)
+    note = {"jsonrpc": "2.0", "method": "notifications/message", "params": {}}
+    assert c.transform(note) is note
+    other = {"jsonrpc": "2.0", "id": 8, "result": {"tools": tools}}
+    assert c.transform(other) is other
+    unchanged = {"jsonrpc": "2.0", "id": 7, "result": {"tools": [{"name": "echo"}]}}
+    assert c.transform(unchanged) is unchanged
+
+
+async def test_no_transform_when_nothing_is_hidden() -> None:
+    c = ctx("open", key("globex2"), listing())
+    await AUTHZ(c)
+    assert c.transform is None
+
+
+async def test_anonymous_principal() -> None:
+    anon = anonymous_principal()
+    await AUTHZ(ctx("a", anon, listing()))  # the route let it in; reach is not a tenant question
+    assert (await refused(ctx("a", anon, call("echo")))).reason == "scope_denied"
+    with pytest.raises(Forbidden) as info:
+        await AUTHZ(ctx("a", None, listing()))
+    assert info.value.reason == "no_principal"
