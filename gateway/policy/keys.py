@@ -15,7 +15,7 @@ Scope = Literal["read", "write", "admin"]
 
 class ApiKeyPolicy(Model):
     id: str
-    # hex HMAC-SHA256(server secret, secret part of the key)
+    # hex HMAC-SHA256(server secret, the whole key string `mgw_<id>_<secret>`); never the key itself
     hash: str
     tenant: str
     scopes: list[Scope] = Field(default_factory=lambda: list[Scope](["read"]))
