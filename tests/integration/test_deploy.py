@@ -266,3 +266,14 @@ def test_promtool_rejects_a_broken_rule(tmp_path: Path) -> None:
     )
     result = subprocess.run([exe, "check", "rules", str(bad)], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode != 0
+
+
+def test_operations_doc_lists_every_metric_in_the_code() -> None:
+    """docs/operations.md is the metrics reference: a metric added to the code must be added to its table."""
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    documented = set(re.findall(r"^\| `(mcp_gateway_[a-z0-9_]+)` \|", doc, re.M))
+    defined: set[str] = set()
+    for path in (ROOT / "gateway").rglob("*.py"):
+        defined.update(re.findall(r'"(mcp_gateway_[a-z0-9_]+)"', path.read_text()))
+    assert sorted(defined - documented) == [], "add these to the metrics tables in docs/operations.md"
+    assert sorted(documented - defined) == [], "docs/operations.md lists metrics the code no longer defines"
