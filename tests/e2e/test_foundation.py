@@ -16,6 +16,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,7 +28,17 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.server.fastmcp import Context, FastMCP
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.harness import Gateway, Upstream, default_policies, free_port, running, start_gateway, start_upstream
+from tests.harness import (
+    PYTHON,
+    Gateway,
+    Proc,
+    Upstream,
+    default_policies,
+    free_port,
+    running,
+    start_gateway,
+    wait_port,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -84,12 +95,32 @@ class Env:
         return {**self.gw.auth(KEY), **ACCEPT, **extra}
 
 
+def start_upstreams(work: Path, args: list[list[str]], modules: list[str]) -> list[Upstream]:
+    """Start several upstream processes at once (each takes about a second to import the SDK), then wait."""
+    started = []
+    for extra, module in zip(args, modules, strict=True):
+        port = free_port()
+        log = work / f"upstream-{port}.log"
+        proc = Proc([PYTHON, "-m", module, "--port", str(port), *extra], log).start()
+        started.append(Upstream(proc, port, "streamable-http"))
+    try:
+        for up in started:
+            wait_port(up.port, proc=up.proc.popen, log=up.proc.log)
+    except Exception:
+        for up in started:
+            up.stop()
+        raise
+    return started
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     work = tmp_path_factory.mktemp("foundation")
-    main = start_upstream(work)
-    json_up = start_upstream(work, json_response=True)
-    gated = start_upstream(work, module="tests.e2e.test_foundation")
+    main, json_up, gated = start_upstreams(
+        work,
+        [["--transport", "streamable-http"], ["--transport", "streamable-http", "--json-response"], []],
+        ["examples.example_server", "examples.example_server", "tests.e2e.test_foundation"],
+    )
     down_port = free_port()  # nothing listens here
     with running(main, json_up, gated):
         policies = default_policies(main.url)

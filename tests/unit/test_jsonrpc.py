@@ -167,7 +167,7 @@ def test_best_effort_id() -> None:
 
 # ------------------------------------------------------------------------------------------------ fuzzing
 
-FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 json_scalars = (
     st.none()
