@@ -323,3 +323,31 @@ async def test_fuzzed_authorization_header_gets_clean_401_or_400(env: Env, value
         "unknown_key",
         "credential_not_accepted",
     }, ans.body
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+
+def _sample(text: str, name: str, **labels: str) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{") and line.split("}")[0][len(name) + 1 :] == want:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+async def test_metrics_count_decisions_without_identities(env: Env, http: aiohttp.ClientSession) -> None:
+    async def scrape() -> str:
+        async with http.get(f"{env.gw.base}/metrics") as r:
+            return await r.text()
+
+    before = await scrape()
+    assert_refused(await post(http, env.gw.url("sse"), CALL_ADD, env.h("revoked")), 401, UNAUTHENTICATED, "key_revoked")
+    assert_refused(await post(http, env.gw.url("sse"), CALL_ADD, env.h("ro")), 403, FORBIDDEN, "scope_denied")
+    after = await scrape()
+    revoked = ("mcp_gateway_authn_total", {"method": "api_key", "result": "key_revoked"})
+    denied = ("mcp_gateway_authz_denied_total", {"server": "sse", "reason": "scope_denied"})
+    for name, labels in (revoked, denied):
+        assert _sample(after, name, **labels) == _sample(before, name, **labels) + 1, (name, labels)
+    for key_id in env.gw.keys:
+        assert f'"{key_id}"' not in after  # no key id in any label
