@@ -58,6 +58,13 @@ def worker_pids(supervisor: int) -> list[int]:
     return sorted(pids)
 
 
+def versions(text: str) -> dict[str, float]:
+    return {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r'^mcp_gateway_policy_snapshot_info\{version="([^"]+)"\} (\S+)$', text, re.M)
+    }
+
+
 async def scrape(gw: Gateway) -> str:
     # a new client (new connection) per scrape, so scrapes land on either worker
     async with httpx.AsyncClient() as c:
@@ -101,7 +108,8 @@ async def test_two_workers_one_port_metrics_totals(tmp_path: Path, redis_url: st
         tmp_path / "gw",
         default_policies(up.url),
         keys={"k1": {"tenant": "acme", "scopes": ["read", "write"]}},
-        config={"workers": 2, "redis": {"url": redis_url, "key_prefix": prefix}},
+        # no polling: the policy changes below reach the workers only through the supervisor's SIGHUP
+        config={"workers": 2, "policy_poll_seconds": 0, "redis": {"url": redis_url, "key_prefix": prefix}},
     )
     with running(gw, up):
         deadline = time.monotonic() + 20
@@ -134,6 +142,24 @@ async def test_two_workers_one_port_metrics_totals(tmp_path: Path, redis_url: st
                 break
             await asyncio.sleep(0.2)
         assert healthy == {str(pid): 1.0 for pid in pids}
+
+        # SIGHUP to the supervisor reloads the policy in every worker: every scrape shows only the new version
+        old_versions = {k for k, v in versions(text).items() if v == 1}
+        assert len(old_versions) == 1
+        tenants = {"tenants": {"acme": {"servers": ["example"], "tools": {"deny": ["secret_admin_tool"]}}}}
+        gw.write_policies({"tenants.yaml": tenants})
+        gw.proc.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 15
+        current: dict[str, float] = {}
+        while time.monotonic() < deadline:
+            current = versions(await scrape(gw))
+            if {k for k, v in current.items() if v == 1} - old_versions and all(current[k] == 0 for k in old_versions):
+                break
+            await asyncio.sleep(0.1)
+        active = {k for k, v in current.items() if v == 1}
+        assert len(active) == 1 and not active & old_versions, current
+        reloads = sample(await scrape(gw), "mcp_gateway_policy_reloads_total", result="ok")
+        assert reloads == 4  # initial load + SIGHUP reload, in each of the two workers
 
         # a crashed worker is restarted; what it counted stays in the totals
         os.kill(pids[0], signal.SIGKILL)
