@@ -466,3 +466,60 @@ async def test_two_instances_one_down_every_session_succeeds_on_the_other(tmp_pa
         await client.close()
         gw.stop()
         live.proc.kill()
+
+
+# ----------------------------------------------------------------------------------------------- pools
+
+
+def gauge(metrics: str, line_prefix: str) -> float:
+    for line in metrics.splitlines():
+        if line.startswith(line_prefix):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{line_prefix} not in metrics")
+
+
+async def test_pool_limit_makes_requests_wait_a_bounded_time_and_is_visible(tmp_path: Path) -> None:
+    up = start_upstream(tmp_path, module=FAULTY)
+    gw = start_gateway(
+        tmp_path / "gw",
+        policies(
+            {
+                "svc": {
+                    "upstreams": [{"url": up.url}],
+                    "health": NO_HEALTH,
+                    "retry": {"attempts": 0},
+                    "pool": {"max_connections": 1, "max_wait_seconds": 1.5},
+                    "timeouts": {"connect": 0.5, "first_byte": 10, "idle": 10},
+                    "breaker": {"enabled": False},
+                }
+            }
+        ),
+        keys=KEYS,
+    )
+    client = Client(gw)
+    origin = f"http://127.0.0.1:{up.port}"
+    try:
+        control(up, mode="slow", delay=4.0)
+        holder = asyncio.create_task(client.init("svc"))
+        await asyncio.sleep(0.5)
+        waiter = asyncio.create_task(client.init("svc"))
+
+        async def one_waiting() -> bool:
+            text = (await client.http.get(f"{gw.base}/metrics")).text
+            prefix = f'mcp_gateway_upstream_pool_connections{{state="waiting",upstream="{origin}"}}'
+            return gauge(text, prefix) == 1.0
+
+        await until(one_waiting, 1.2, step=0.05)
+        text = (await client.http.get(f"{gw.base}/metrics")).text
+        assert gauge(text, f'mcp_gateway_upstream_pool_connections{{state="in_use",upstream="{origin}"}}') == 1.0
+        assert gauge(text, f'mcp_gateway_upstream_pool_connections{{state="limit",upstream="{origin}"}}') == 1.0
+        # the waiter gives up after max_wait_seconds (+ connect) with a well-formed 504, long before the holder ends
+        status, msg, _ = await asyncio.wait_for(waiter, 5)
+        assert status == 504 and msg["error"]["data"]["reason"] == "upstream_timeout"
+        assert not holder.done()
+        assert (await asyncio.wait_for(holder, 10))[0] == 200
+        assert control(up)["requests"] == 1  # the waiter never got a connection
+    finally:
+        await client.close()
+        gw.stop()
+        up.proc.kill()
