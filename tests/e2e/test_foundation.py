@@ -23,7 +23,7 @@ import httpx
 import orjson
 import psutil
 import pytest
-from mcp import ClientSession, types
+from mcp import ClientSession, McpError, types
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.fastmcp import Context, FastMCP
 from prometheus_client.parser import text_string_to_metric_families
@@ -134,6 +134,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
         }
         servers["down"] = {"upstreams": [{"url": f"http://127.0.0.1:{down_port}/mcp"}], "owner": "acme"}
         servers["small"] = {"upstreams": [{"url": main.url}], "owner": "acme", "max_body_bytes": 2048}
+        servers["compat"] = {"upstreams": [{"url": main.url}], "owner": "acme", "compat_status_200": True}
         gw = start_gateway(
             work / "gw",
             policies,
@@ -445,6 +446,35 @@ async def test_missing_credentials_is_401_with_jsonrpc_body(env: Env) -> None:
     async with httpx.AsyncClient(timeout=10) as c:
         r = await c.post(env.gw.url(), headers=ACCEPT, json=INIT)
     assert r.status_code == 401 and r.json()["id"] == 1 and r.json()["error"]["code"] == -31001
+
+
+async def test_compat_route_lets_the_v1_sdk_client_see_refusals(env: Env) -> None:
+    """The v1 Python SDK client hangs on a non-2xx answer; on a `compat_status_200` route it gets the refusal as a
+    JSON-RPC error instead (bounded wait: a hang fails the test)."""
+    real = env.gw.keys[KEY]
+    bad = {"Authorization": f"Bearer {real[:-1]}{'A' if real[-1] != 'A' else 'B'}"}
+    async with httpx.AsyncClient(timeout=10) as c:
+        raw = await c.post(env.gw.url("compat"), headers={**ACCEPT, **bad}, json=INIT)
+    assert raw.status_code == 200 and raw.json()["error"]["code"] == -31001
+    # the SDK wraps the McpError in anyio exception groups; a hang would end as TimeoutError and fail below
+    with pytest.raises(BaseException) as info:
+        async with asyncio.timeout(DEADLINE), sdk_session(env.gw.url("compat"), bad):
+            pass
+    err = mcp_error_in(info.value)
+    assert err is not None, f"not an McpError: {info.value!r}"
+    assert err.error.code == -31001
+    assert err.error.data is not None and err.error.data["reason"] == "unknown_key"
+
+
+def mcp_error_in(exc: BaseException) -> McpError | None:
+    if isinstance(exc, McpError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = mcp_error_in(inner)
+            if found is not None:
+                return found
+    return None
 
 
 # ------------------------------------------------------------------------------------------ operations
