@@ -325,6 +325,8 @@ def per_round_ratios(raw: dict[str, dict[str, list[dict[str, Any]]]]) -> dict[st
                 out[f"{gw}_vs_{base}_rps_{scen}"] = paired(scen, gw, base, "rps", "/")
         out[f"{gw}_added_p50_ms_c1"] = paired("json_c1", gw, "direct", "p50_ms", "-")
         out[f"{gw}_added_p50_ms_vs_bare_c1"] = paired("json_c1", gw, "bare", "p50_ms", "-")
+    # what a second worker buys over one, same backends
+    out["gw_workers2_vs_gw_redis_pg_rps_json_c32"] = paired("json_c32", "gw_workers2", "gw_redis_pg", "rps", "/")
     out["bare_vs_direct_rps_json_c32"] = paired("json_c32", "bare", "direct", "rps", "/")
     out["bare_added_p50_ms_c1"] = paired("json_c1", "bare", "direct", "p50_ms", "-")
     return out
@@ -377,6 +379,8 @@ def render_table(
             f"{labels[gw]:<44} c32 x/direct {fmt(ratios[f'{gw}_vs_direct_rps_json_c32'])}"
             f"  x/bare {fmt(ratios[f'{gw}_vs_bare_rps_json_c32'])}"
         )
+        if gw == "gw_workers2":
+            add(f"{'':<44} c32 x/one worker (d) {fmt(ratios['gw_workers2_vs_gw_redis_pg_rps_json_c32'])}")
         if gw in summary.get("json_c1", {}):
             add(
                 f"{'':<44} c1  x/direct {fmt(ratios[f'{gw}_vs_direct_rps_json_c1'])}"
@@ -491,7 +495,10 @@ def main(argv: list[str] | None = None) -> int:
         except (RuntimeError, TimeoutError) as exc:
             unavailable["(d) gateway, Redis + PostgreSQL"] = f"did not start: {str(exc)[-400:]}"
         try:
-            gw3 = start_bench_gateway(workdir, "workers2", up_port, pool, {"workers": 2})
+            # without Redis each worker keeps its own session bindings, so a session initialized on one worker is
+            # unknown to the other (docs/operations.md): two workers share state through Redis, like (d)
+            cfg3 = {**cfg, "workers": 2, "redis": {**cfg["redis"], "key_prefix": backends.key_prefix + "w2:"}}
+            gw3 = start_bench_gateway(workdir, "workers2", up_port, pool, cfg3)
             procs.append(gw3)
             started_gws["gw_workers2"] = gw3
         except (RuntimeError, TimeoutError) as exc:
@@ -507,8 +514,8 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(1.0)  # workers, if any, start after the parent listens
             pids = process_group(gw3.proc.pid)
             if len(pids) >= 2:
-                targets["gw_workers2"] = gateway_target("gw_workers2", "(e) gateway, workers: 2 (embedded)", gw3)
-                targets["gw_workers2"].notes["processes"] = len(pids)
+                targets["gw_workers2"] = gateway_target("gw_workers2", "(e) gateway, 2 workers, Redis + PG", gw3)
+                targets["gw_workers2"].notes["processes"] = len(pids)  # the supervisor and its workers
             else:
                 unavailable["(e) gateway, workers: 2"] = (
                     f"`workers: 2` started {len(pids)} process; the setting is not implemented by `gateway run` yet"
