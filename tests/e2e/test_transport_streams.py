@@ -75,9 +75,11 @@ def _call(rpc_id: int, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
     return {"jsonrpc": "2.0", "id": rpc_id, "method": "tools/call", "params": {"name": tool, "arguments": arguments}}
 
 
-async def _call_raw(url: str, headers: dict[str, str], sid: str, body: dict[str, Any]) -> bytes:
-    """POST a call and read its whole SSE answer with a client that drops streams idle for 1 s."""
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=CLIENT_IDLE_TIMEOUT)
+async def _call_raw(
+    url: str, headers: dict[str, str], sid: str, body: dict[str, Any], idle_timeout: float = CLIENT_IDLE_TIMEOUT
+) -> bytes:
+    """POST a call and read its whole SSE answer with a client that drops streams idle for `idle_timeout`."""
+    timeout = aiohttp.ClientTimeout(total=None, sock_read=idle_timeout)
     async with (
         aiohttp.ClientSession(timeout=timeout, read_bufsize=2**20) as http,
         http.post(url, json=body, headers={**headers, **HDRS, "Mcp-Session-Id": sid}) as r,
@@ -128,8 +130,9 @@ async def test_sixteen_mib_data_line_byte_for_byte(env: tuple[Gateway, str]) -> 
     async with aiohttp.ClientSession() as http:
         sid = await _initialize(http, gw.url("stream"), gw.auth("k"))
         direct_sid = await _initialize(http, direct, {})
-    via_gateway = await _call_raw(gw.url("stream"), gw.auth("k"), sid, _call(3, "blob", {"size": size}))
-    straight = await _call_raw(direct, {}, direct_sid, _call(3, "blob", {"size": size}))
+    # making 16 MiB takes the upstream a while: this test is about the size, not idleness
+    via_gateway = await _call_raw(gw.url("stream"), gw.auth("k"), sid, _call(3, "blob", {"size": size}), 60)
+    straight = await _call_raw(direct, {}, direct_sid, _call(3, "blob", {"size": size}), 60)
 
     def data_lines(body: bytes) -> list[bytes]:
         return [line for line in body.split(b"\r\n") if line.startswith(b"data: {")]
