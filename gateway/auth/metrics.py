@@ -28,6 +28,7 @@ AUTHN_REASONS = frozenset(
         "missing_claim",
         "bad_signature",
         "invalid_token",
+        "credential_expired",
     }
 )
 

@@ -24,6 +24,9 @@ class Principal:
     issuer: str | None = None
     # the credential's own tool allow/deny rules (API keys), compiled when the key was loaded
     tools: ToolMatcher | None = field(default=None, compare=False)
+    # when the credential stops being valid (epoch seconds, leeway included); authz re-checks it for each message
+    # of a long-lived connection (WebSocket), which authenticates only once, at the upgrade
+    expires_at: float | None = field(default=None, compare=False)
 
     @property
     def is_anonymous(self) -> bool:

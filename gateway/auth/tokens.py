@@ -106,6 +106,7 @@ class JwtVerifier:
         if not isinstance(subject, str) or not subject:
             raise _refuse(f"token lacks the {c.subject!r} claim", "missing_claim")
         role = _claim(claims, c.role)
+        exp = claims.get("exp")
         return Principal(
             tenant=tenant,
             subject=subject,
@@ -113,6 +114,7 @@ class JwtVerifier:
             scopes=self._scopes(_claim(claims, c.scopes)),
             method="jwt",
             issuer=self._policy.issuer,
+            expires_at=float(exp) + self._policy.leeway_seconds if isinstance(exp, int | float) else None,
         )
 
     def _scopes(self, raw: Any) -> frozenset[str]:

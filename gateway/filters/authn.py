@@ -228,6 +228,7 @@ class Authn:
             key_id=rec.id,
             method="api_key",
             tools=rec.tools,
+            expires_at=rec.expires_at,
         )
 
     def _count(self, method: str, result: str) -> None:

@@ -12,6 +12,7 @@ and other refusals carry no challenge (it would start an OAuth flow that cannot 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -26,7 +27,7 @@ from gateway.auth.state import AUTH, metadata_url
 from gateway.auth.tokens import oauth_scopes_for
 from gateway.auth.tools import ToolMatcher, ToolPolicy
 from gateway.context import RequestContext, ShadowDecision
-from gateway.errors import Forbidden
+from gateway.errors import Forbidden, Unauthenticated
 from gateway.jsonrpc import JsonRpcId, Kind
 from gateway.policy.access import AccessRule
 from gateway.policy.snapshot import Snapshot
@@ -159,6 +160,9 @@ class Authz:
         principal = ctx.principal
         if principal is None:  # authn always sets one; refuse closed if it did not
             raise self._deny(ctx, "no principal", "no_principal")
+        if principal.expires_at is not None and principal.expires_at <= time.time():
+            # only a connection authenticated earlier (WebSocket) can get here with a credential that has expired
+            raise Unauthenticated("credential expired during the connection", reason="credential_expired")
         server = ctx.server_name
         if not principal.is_anonymous:
             reach = self._reach.get(server, frozenset())

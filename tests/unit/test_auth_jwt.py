@@ -55,6 +55,9 @@ async def test_claims_to_principal() -> None:
     assert (p.tenant, p.subject, p.role, p.method, p.issuer) == ("acme", "u1", "admin", "jwt", "https://idp")
     assert p.scopes == frozenset({"read", "write"})
     assert p.binding_id == "jwt:https://idp:acme:u1"
+    exp = int(time.time()) + 60
+    p = await principal(verifier(leeway_seconds=5), token(exp=exp))
+    assert p.expires_at == exp + 5  # authz re-checks this on every message of a WebSocket connection
     nested = verifier(claims={"tenant": "org.id", "scopes": "scp", "role": "r"}, default_role="viewer")
     p = await principal(nested, token(tenant=None, org={"id": "globex"}, scp=["read", 7]))
     assert (p.tenant, p.role, p.scopes) == ("globex", "viewer", frozenset({"read"}))

@@ -3,6 +3,7 @@ key (deny wins, shadow records), tools/list filtering, and the insufficient_scop
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import pytest
 from gateway.auth.principal import Principal, anonymous_principal
 from gateway.auth.tools import ToolMatcher
 from gateway.context import RequestContext
-from gateway.errors import Forbidden
+from gateway.errors import Forbidden, Unauthenticated
 from gateway.filters.authz import Authz
 from gateway.jsonrpc import parse_message
 from gateway.policy.model import PolicySet
@@ -207,3 +208,10 @@ async def test_anonymous_principal() -> None:
     with pytest.raises(Forbidden) as info:
         await AUTHZ(ctx("a", None, listing()))
     assert info.value.reason == "no_principal"
+
+
+async def test_credential_expired_during_a_long_connection() -> None:
+    await AUTHZ(ctx("a", key(expires_at=time.time() + 60), listing()))
+    with pytest.raises(Unauthenticated) as info:
+        await AUTHZ(ctx("a", key(expires_at=time.time() - 1), listing()))
+    assert (info.value.status, info.value.reason) == (401, "credential_expired")
