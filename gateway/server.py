@@ -72,8 +72,12 @@ class DrainTracker:
         app.on_response_prepare.append(self._on_prepare)
 
     async def _on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+        # GET event streams (streamable HTTP, legacy SSE) and 2026 `subscriptions/listen` POSTs stay open until
+        # someone ends them; the gateway has already checked that a modern request's Mcp-Method header matches
+        # its body before anything is streamed back
+        event_stream = response.content_type == "text/event-stream"
         long_lived = isinstance(response, web.WebSocketResponse) or (
-            request.method == "GET" and response.content_type == "text/event-stream"
+            event_stream and (request.method == "GET" or request.headers.get("Mcp-Method") == "subscriptions/listen")
         )
         if long_lived:
             self._streams[id(request)] = (request, response)

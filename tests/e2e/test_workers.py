@@ -142,6 +142,9 @@ async def test_two_workers_one_port_metrics_totals(tmp_path: Path, redis_url: st
                 break
             await asyncio.sleep(0.2)
         assert healthy == {str(pid): 1.0 for pid in pids}
+        # gauges other modules compute with set_function (audit queue depth) are copied into the shared files
+        queue_series = re.findall(r'^mcp_gateway_audit_queue_depth\{pid="(\d+)"\} ', text, re.M)
+        assert sorted(int(p) for p in queue_series) == pids
 
         # SIGHUP to the supervisor reloads the policy in every worker: every scrape shows only the new version
         old_versions = {k for k, v in versions(text).items() if v == 1}
