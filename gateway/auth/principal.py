@@ -40,5 +40,8 @@ class Principal:
         return f"{self.method}:{self.tenant}:{self.key_id or self.subject}"
 
 
-def anonymous_principal(scopes: frozenset[str] = frozenset({"read"})) -> Principal:
-    return Principal(tenant=None, subject="anonymous", role=ANONYMOUS_ROLE, scopes=scopes, method="anonymous")
+def anonymous_principal(scopes: frozenset[str] = frozenset({"read"}), client_ip: str = "") -> Principal:
+    """Anonymous callers cannot be told apart by a credential; their sessions are bound to the client address
+    instead, so one anonymous caller cannot use a session id another one started."""
+    subject = f"anonymous@{client_ip}" if client_ip else "anonymous"
+    return Principal(tenant=None, subject=subject, role=ANONYMOUS_ROLE, scopes=scopes, method="anonymous")

@@ -174,7 +174,7 @@ class Authn:
             cred = presented_credential(ctx.headers)
             if cred is None:
                 if route.anonymous:
-                    ctx.principal = anonymous_principal(route.anonymous_scopes)
+                    ctx.principal = anonymous_principal(route.anonymous_scopes, ctx.client_ip)
                     self._count("anonymous", "ok")
                     return
                 raise Unauthenticated("missing credentials", reason="missing_credentials")

@@ -256,6 +256,15 @@ async def test_session_replayed_by_another_principal_gets_404(env: Env, http: ai
     assert own.status == 200 and {t["name"] for t in own.body["result"]["tools"]} == {"echo", "add"}
 
 
+async def test_anonymous_session_bound_to_client_address(env: Env, http: aiohttp.ClientSession) -> None:
+    url = env.gw.url("public")
+    sid = await open_session(http, url, {"X-Forwarded-For": "198.51.100.1"})
+    other = await post(http, url, rpc("tools/list", rpc_id=13), {"X-Forwarded-For": "198.51.100.2"}, sid)
+    assert_refused(other, 404, SESSION_UNKNOWN, "session_not_found")
+    own = await post(http, url, rpc("tools/list", rpc_id=14), {"X-Forwarded-For": "198.51.100.1"}, sid)
+    assert own.status == 200, own.body
+
+
 # ------------------------------------------------------------------------------------------------ credentials
 
 

@@ -215,3 +215,10 @@ async def test_credential_expired_during_a_long_connection() -> None:
     with pytest.raises(Unauthenticated) as info:
         await AUTHZ(ctx("a", key(expires_at=time.time() - 1), listing()))
     assert (info.value.status, info.value.reason) == (401, "credential_expired")
+
+
+def test_anonymous_sessions_are_bound_to_the_client_address() -> None:
+    a, b = anonymous_principal(client_ip="192.0.2.1"), anonymous_principal(client_ip="192.0.2.2")
+    assert a.binding_id != b.binding_id
+    assert a.binding_id == anonymous_principal(client_ip="192.0.2.1").binding_id
+    assert a.binding_id != key().binding_id
