@@ -29,6 +29,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.auth.scopes import READ_METHODS, WRITE_METHODS
+from gateway.chain import CONNECT_STAGES, FORWARD_STAGE, MESSAGE_STAGES, STAGES
 from gateway.context import RequestContext
 
 log = structlog.get_logger("gateway.metrics")
@@ -108,7 +109,8 @@ class GatewayMetrics:
         )
         self.decisions = Counter(
             "mcp_gateway_decisions_total",
-            "Chain decisions by stage: refused, or shadow_refused (would refuse, mode: shadow)",
+            "Chain decisions by stage: allowed (let through, shadow refusals included), refused, or shadow_refused "
+            "(would refuse, mode: shadow)",
             ["stage", "decision", "reason"],
             registry=r,
         )
@@ -149,6 +151,7 @@ class GatewayMetrics:
         self._req_children: dict[tuple[str, str, str], Any] = {}
         self._lat_children: dict[tuple[str, str], Any] = {}
         self._up_children: dict[str, Any] = {}
+        self._allowed_cache: dict[tuple[tuple[str, ...], int], tuple[Any, ...]] = {}
         self._worker_child = self.worker_requests.labels(str(self.worker))
         self._policy_version: str | None = None
         self._samplers: list[Sampler] = []
@@ -181,10 +184,37 @@ class GatewayMetrics:
             if up is None:
                 up = self._up_children[server] = self.upstream_latency.labels(server)
             up.observe(ctx.upstream_latency)
+        for allowed in self._allowed_children(ctx):
+            allowed.inc()
         if ctx.refused_stage is not None and ctx.refused_reason is not None and ctx.http_status != 499:
             self.decisions.labels(ctx.refused_stage, "refused", ctx.refused_reason).inc()
         for shadow in ctx.shadow:
             self.decisions.labels(shadow.stage, "shadow_refused", shadow.reason).inc()
+
+    def _allowed_children(self, ctx: RequestContext) -> tuple[Any, ...]:
+        """The `allowed` counters of the stages this request got through (shadow refusals included)."""
+        if ctx.http_method == "WS":
+            stages = MESSAGE_STAGES  # one WebSocket message: the per-message stages
+        elif ctx.transport == "websocket":
+            stages = CONNECT_STAGES  # the upgrade: the per-connection stages
+        else:
+            stages = STAGES
+        refused = ctx.refused_stage
+        if refused is None or refused == FORWARD_STAGE:
+            cut = len(stages)
+        elif refused in stages:
+            cut = stages.index(refused)
+        elif refused == "parse" and stages[0] == "client_guard":
+            cut = 1  # the body is parsed right after the client guard
+        else:
+            cut = 0  # refused before the chain (unknown route, bad Origin, ...)
+        key = (stages, cut)
+        children = self._allowed_cache.get(key)
+        if children is None:
+            children = self._allowed_cache[key] = tuple(
+                self.decisions.labels(stage, "allowed", "") for stage in stages[:cut]
+            )
+        return children
 
     def policy_loaded(self, ok: bool, version: str) -> None:
         self.policy_reloads.labels("ok" if ok else "failed").inc()

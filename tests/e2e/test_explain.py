@@ -5,6 +5,7 @@ show as shadow-refused, and a candidate policy directory is judged without touch
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,17 @@ async def test_explain_matches_the_gateway(tmp_path: Path) -> None:
                 error["data"]["reason"],
             )
         assert scope["refused_by"]["reason"] != tool["refused_by"]["reason"]
+        # the gateway counted both refusals at authz, and the stages after it never saw those two requests
+        async with httpx.AsyncClient() as c:
+            metrics = (await c.get(f"{gw.base}/metrics")).text
+        counts: dict[tuple[str, str], float] = {}
+        for labels, value in re.findall(r"^mcp_gateway_decisions_total\{([^}]*)\} (\S+)$", metrics, re.M):
+            got = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+            key = (got["decision"], got["stage"])
+            counts[key] = counts.get(key, 0.0) + float(value)
+        assert counts[("refused", "authz")] == 2
+        assert counts[("allowed", "authn")] - counts[("allowed", "authz")] == 2
+        assert counts[("allowed", "authz")] == counts[("allowed", "ratelimit")] == counts[("allowed", "breaker")]
 
         # a shadow rule would refuse but does not: exit 0, and the stage shows what it would have done
         assert shadow_rc == 0, shadow_text

@@ -15,11 +15,22 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamablehttp_client
 
+from gateway.chain import STAGES
 from tests.harness import PYTHON, ROOT, default_policies, running, start_gateway, start_upstream
 
 pytestmark = pytest.mark.e2e
 
 CALLS = 8
+
+
+def decision_counts(metrics: str, decision: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in metrics.splitlines():
+        if line.startswith("mcp_gateway_decisions_total{"):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', line))
+            if labels.get("decision") == decision:
+                out[labels["stage"]] = out.get(labels["stage"], 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
 
 
 def shadow_counts(metrics: str) -> dict[tuple[str, str], float]:
@@ -78,6 +89,10 @@ async def test_shadow_limit_and_rule_refuse_nothing_but_are_counted_and_audited(
         async with httpx.AsyncClient() as c:
             metrics = (await c.get(f"{gw.base}/metrics")).text
         assert shadow_counts(metrics) == {k: float(v) for k, v in audited.items()}
+        # nothing was refused: every stage let every request through (its shadow refusals included)
+        allowed = decision_counts(metrics, "allowed")
+        assert allowed == {stage: float(len(records)) for stage in STAGES}
+        assert decision_counts(metrics, "refused") == {}
 
         proc = await asyncio.create_subprocess_exec(
             PYTHON, "-m", "gateway", "explain", "--config", str(gw.config_path), "--server", "example",
