@@ -9,6 +9,8 @@ stream an open-stream slot when the tenant or key has a cap; both are released t
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from aiohttp import web
 
 from gateway.context import RequestContext, ShadowDecision
@@ -159,7 +161,7 @@ class RateLimitFilter:
             ctx.releases.append(_releaser(limiter, hold))
 
 
-def _releaser(limiter: RateLimiter, hold: SlotHold) -> object:
+def _releaser(limiter: RateLimiter, hold: SlotHold) -> Callable[[], None]:
     def release() -> None:
         limiter.backend.release(hold)
 
