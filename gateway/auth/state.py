@@ -23,6 +23,8 @@ class AuthState:
     usage: UsageCounters = field(default_factory=UsageCounters)
     key_store: PostgresKeyStore | None = None
     metrics: AuthMetrics | None = None
+    # server -> tool -> readOnlyHint as last seen in a relayed tools/list answer (trust_tool_annotations routes)
+    readonly_tools: dict[str, dict[str, bool]] = field(default_factory=dict)
 
 
 AUTH: web.AppKey[AuthState] = web.AppKey("auth_state", AuthState)

@@ -99,11 +99,43 @@ def _list_filter(
     return transform
 
 
+_MAX_TRACKED_TOOLS = 10_000
+
+
+def _recording(
+    seen: dict[str, bool], ids: frozenset[JsonRpcId], then: Callable[[dict[str, Any]], dict[str, Any]] | None
+) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """Note each listed tool's readOnlyHint (before any filtering), then hand the message on."""
+
+    def transform(msg: dict[str, Any]) -> dict[str, Any]:
+        result = msg.get("result") if msg.get("id") in ids else None
+        tools = result.get("tools") if isinstance(result, dict) else None
+        if isinstance(tools, list):
+            for t in tools:
+                if isinstance(t, dict) and isinstance(name := t.get("name"), str):
+                    hints = t.get("annotations")
+                    if name in seen or len(seen) < _MAX_TRACKED_TOOLS:
+                        seen[name] = isinstance(hints, dict) and hints.get("readOnlyHint") is True
+        return then(msg) if then is not None else msg
+
+    return transform
+
+
 class Authz:
     stage = "authz"
 
-    def __init__(self, snapshot: Snapshot, public_url: str, on_deny: Any = None, on_shadow: Any = None) -> None:
+    def __init__(
+        self,
+        snapshot: Snapshot,
+        public_url: str,
+        on_deny: Any = None,
+        on_shadow: Any = None,
+        readonly_tools: dict[str, dict[str, bool]] | None = None,
+    ) -> None:
         self._snapshot = snapshot
+        self._trusted = frozenset(n for n, s in snapshot.servers.items() if s.auth.trust_tool_annotations)
+        # runtime state shared across snapshots: what trusted upstreams said about their tools
+        self._readonly: dict[str, dict[str, bool]] = readonly_tools if readonly_tools is not None else {}
         self._on_deny: Callable[[str, str], None] | None = on_deny
         self._on_shadow: Callable[[str], None] | None = on_shadow
         # server -> tenants allowed (None = any tenant), compiled once per snapshot
@@ -174,7 +206,7 @@ class Authz:
             if env.kind is not Kind.REQUEST or env.method is None:
                 continue
             method = env.method
-            if not scope_allows(principal.scopes, method):
+            if not scope_allows(principal.scopes, method) and not self._readonly_call(server, principal, env.tool):
                 raise self._scope_denied(ctx, principal, method)
             if method == "tools/list":
                 list_ids.append(env.id)
@@ -193,8 +225,17 @@ class Authz:
         if list_ids:
             policy = policy or self.tool_policy(server, principal)
             extra = principal.tools if principal.tools is not None and not principal.tools.shadow else None
-            if policy.filters_lists or extra is not None:
-                ctx.transform = _list_filter(policy, extra, frozenset(list_ids))
+            ids = frozenset(list_ids)
+            transform = _list_filter(policy, extra, ids) if policy.filters_lists or extra is not None else None
+            if server in self._trusted:
+                transform = _recording(self._readonly.setdefault(server, {}), ids, transform)
+            ctx.transform = transform
+
+    def _readonly_call(self, server: str, principal: Principal, tool: str | None) -> bool:
+        """A `read` caller may call a tool a trusted upstream marked read-only (MCP-NOTES section 7)."""
+        if tool is None or server not in self._trusted or not scope_allows(principal.scopes, "tools/list"):
+            return False
+        return self._readonly.get(server, {}).get(tool, False)
 
     def _scope_denied(self, ctx: RequestContext, principal: Principal, method: str) -> Forbidden:
         need = required_scope(method)
@@ -221,11 +262,16 @@ class Authz:
 def build(snapshot: Snapshot, app: web.Application) -> Authz:
     state = app.get(AUTH)
     if state is None or state.metrics is None:
-        return Authz(snapshot, state.public_url if state is not None else "")
+        return Authz(
+            snapshot,
+            state.public_url if state is not None else "",
+            readonly_tools=state.readonly_tools if state is not None else None,
+        )
     m = state.metrics
     return Authz(
         snapshot,
         state.public_url,
         on_deny=lambda server, reason: m.authz_denied.labels(server, reason).inc(),
         on_shadow=lambda server: m.authz_shadow.labels(server).inc(),
+        readonly_tools=state.readonly_tools,
     )

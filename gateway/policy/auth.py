@@ -98,6 +98,9 @@ class RouteAuth(Model):
     anonymous: bool = False
     anonymous_scopes: list[Scope] = Field(default_factory=lambda: list[Scope](["read"]))
     jwt: JwtPolicy | None = None
+    # the upstream is trusted: a tool it marks `readOnlyHint: true` (in the last tools/list answer this gateway
+    # relayed) may be called with the `read` scope. Hints of untrusted servers are ignored (MCP: untrusted).
+    trust_tool_annotations: bool = False
 
     @model_validator(mode="after")
     def _jwt_needs_policy(self) -> RouteAuth:

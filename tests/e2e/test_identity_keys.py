@@ -71,11 +71,16 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
                 "json": {"upstreams": [{"url": up_json.url}], "owner": "acme"},
                 "globexsrv": {"upstreams": [{"url": up_json.url}], "owner": "globex"},
                 "public": {"upstreams": [{"url": up_json.url}], "owner": "acme", "auth": {"anonymous": True}},
+                "trusted": {
+                    "upstreams": [{"url": up_json.url}],
+                    "owner": "acme",
+                    "auth": {"trust_tool_annotations": True},
+                },
             }
         },
         "tenants.yaml": {
             "tenants": {
-                "acme": {"servers": ["sse", "json"], "tools": {"deny": ["secret_*"]}},
+                "acme": {"servers": ["sse", "json", "trusted"], "tools": {"deny": ["secret_*"]}},
                 "globex": {"servers": ["globexsrv"]},
             }
         },
@@ -238,6 +243,20 @@ async def test_shadow_rule_recorded_not_enforced(env: Env, http: aiohttp.ClientS
     rec = await audit_record(env.audit, ans.request_id)
     assert rec["decision"] != "refused"
     assert rec["shadow"] == [{"stage": "authz", "reason": "tool_denied"}], rec
+
+
+async def test_read_key_calls_read_only_tool_of_trusted_server(env: Env, http: aiohttp.ClientSession) -> None:
+    url, ro = env.gw.url("trusted"), env.h("ro")
+    sid = await open_session(http, url, ro)
+    echo = rpc("tools/call", {"name": "echo", "arguments": {"text": "r"}}, 31)
+    # before the gateway has seen the upstream's annotations, tools/call needs `write` (fail closed)
+    assert_refused(await post(http, url, echo, ro, sid), 403, FORBIDDEN, "scope_denied")
+    listed = await post(http, url, rpc("tools/list", rpc_id=32), ro, sid)
+    assert {t["name"] for t in listed.body["result"]["tools"]} == {"echo", "add"}
+    ok = await post(http, url, echo, ro, sid)
+    assert ok.status == 200 and ok.body["result"]["content"][0]["text"] == "r", ok.body
+    add = rpc("tools/call", {"name": "add", "arguments": {"a": 1, "b": 1}}, 33)
+    assert_refused(await post(http, url, add, ro, sid), 403, FORBIDDEN, "scope_denied")
 
 
 # ------------------------------------------------------------------------------------------------ sessions

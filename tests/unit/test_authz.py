@@ -43,6 +43,7 @@ def snapshot() -> Snapshot:
                     "shared": {"upstreams": up, "owner": "acme", "shared_with": ["globex"]},
                     "open": {"upstreams": up, "shared_with": ["*"]},
                     "oauth": {"upstreams": up, "owner": "acme", "auth": oauth},
+                    "trusted": {"upstreams": up, "owner": "acme", "auth": {"trust_tool_annotations": True}},
                 }
             },
             "tenants": {
@@ -222,3 +223,32 @@ def test_anonymous_sessions_are_bound_to_the_client_address() -> None:
     assert a.binding_id != b.binding_id
     assert a.binding_id == anonymous_principal(client_ip="192.0.2.1").binding_id
     assert a.binding_id != key().binding_id
+
+
+async def test_read_only_tools_of_trusted_servers_need_only_read() -> None:
+    authz = Authz(SNAP, PUBLIC, readonly_tools={})
+    ro = key(scopes=("read",))
+    with pytest.raises(Forbidden):
+        await authz(ctx("trusted", ro, call("echo")))  # nothing known yet: fail closed
+    listed = ctx("trusted", ro, listing(9))
+    await authz(listed)
+    assert listed.transform is not None
+    tools = [
+        {"name": "echo", "annotations": {"readOnlyHint": True}},
+        {"name": "add", "annotations": {"readOnlyHint": False}},
+        {"name": "secret_x", "annotations": {"readOnlyHint": True}},
+    ]
+    out = listed.transform({"jsonrpc": "2.0", "id": 9, "result": {"tools": tools}})
+    assert [t["name"] for t in out["result"]["tools"]] == ["echo", "add"]  # still filtered (tenant denies secret_*)
+    await authz(ctx("trusted", ro, call("echo")))
+    with pytest.raises(Forbidden):
+        await authz(ctx("trusted", ro, call("add")))
+    with pytest.raises(Forbidden):  # a hidden tool stays refused even if it is read-only
+        await authz(ctx("trusted", ro, call("secret_x")))
+    with pytest.raises(Forbidden):  # no scope at all: no tools
+        await authz(ctx("trusted", key(scopes=()), call("echo")))
+    # the same hints from an untrusted server change nothing
+    plain = ctx("a", ro, listing(9))
+    await authz(plain)
+    with pytest.raises(Forbidden):
+        await authz(ctx("a", ro, call("echo")))

@@ -2,7 +2,7 @@
 tests can assert at the upstream what the gateway forwarded (and what it did not: the client's credentials).
 
 - every HTTP request appends `{"path", "method", "headers": {lower-case name: value}}` to `--record` (JSONL);
-- tools: `echo(text)`, `add(a, b)`, `secret_admin_tool()` (the one policy hides).
+- tools: `echo(text)` (annotated read-only), `add(a, b)`, `secret_admin_tool()` (the one policy hides).
 
     python -m tests.upstreams.header_recorder --port N --record /tmp/headers.jsonl [--json-response]
 """
@@ -17,6 +17,7 @@ from typing import Any
 import uvicorn
 from mcp.server.fastmcp import FastMCP
 from mcp.server.transport_security import TransportSecuritySettings
+from mcp.types import ToolAnnotations
 
 
 class RecordHeaders:
@@ -49,7 +50,7 @@ def build(port: int, json_response: bool) -> FastMCP:
         ),
     )
 
-    @mcp.tool()
+    @mcp.tool(annotations=ToolAnnotations(readOnlyHint=True))
     def echo(text: str) -> str:
         """Return the text unchanged."""
         return text
