@@ -154,3 +154,35 @@ async def test_sigterm_lets_in_flight_calls_finish_and_flushes_audit(tmp_path: P
     assert len(drained) == 1 and drained[0]["in_flight_finished"] is True
     with contextlib.suppress(FileNotFoundError):
         assert (gw.workdir / "spool.jsonl").stat().st_size == 0
+
+
+async def test_sigterm_ends_a_legacy_sse_stream_cleanly(tmp_path: Path) -> None:
+    up = start_upstream(tmp_path, transport="sse")
+    gw = start_gateway(
+        tmp_path / "gw",
+        default_policies(up.url, transport="sse"),
+        keys={"k1": {"tenant": "acme", "scopes": ["read", "write"]}},
+        config={"http": {"shutdown_grace_seconds": 120}},
+    )
+    with running(gw, up):
+        async with httpx.AsyncClient(timeout=httpx.Timeout(30)) as raw:
+            req = raw.build_request("GET", gw.url(), headers={**gw.auth("k1"), "Accept": "text/event-stream"})
+            stream = await raw.send(req, stream=True)
+            assert stream.status_code == 200
+            received = b""
+            chunks = stream.aiter_raw()
+            async with asyncio.timeout(20):
+                while b"event: endpoint" not in received:
+                    received += await anext(chunks)
+
+            gw.proc.signal(signal.SIGTERM)
+            # the stream ends with its final chunk (an abrupt close would raise RemoteProtocolError here), long
+            # before the 120 s grace period
+            async with asyncio.timeout(20):
+                async for _ in chunks:
+                    pass
+            await stream.aclose()
+        assert gw.proc.popen is not None
+        assert await asyncio.to_thread(gw.proc.popen.wait, 30) == 0
+    streams = [r for r in audit_records(gw) if r.get("http_method") == "GET"]
+    assert len(streams) == 1
