@@ -76,7 +76,8 @@ class RateLimitFilter:
             self._limiter.fair.record(tenant, cost)
             share = self._limiter.fair.share(tenant)
         if share is not None:
-            rate = share if ceiling is None else min(share, ceiling.rate)
+            # a share can be 0 (everything reserved by others): a tiny rate refuses without dividing by zero
+            rate = max(1e-3, share if ceiling is None else min(share, ceiling.rate))
             burst = ceiling.burst if ceiling is not None else max(1.0, rate * c.fair_burst_seconds)
             shadow = ceiling.shadow if ceiling is not None else (g.shadow if g is not None else False)
             tiers.append(TierCheck("tenant", f"t:{tenant}", 1.0 / rate, burst, cost, shadow, shared=True))

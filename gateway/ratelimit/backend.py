@@ -15,6 +15,7 @@ import dataclasses
 from collections.abc import Sequence
 
 import structlog
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from gateway.errors import ServiceUnavailable
@@ -26,6 +27,8 @@ from gateway.ratelimit.store import MemoryStore
 log = structlog.get_logger("gateway.ratelimit")
 
 STORE_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
+# what redis-py's BlockingConnectionPool raises when no connection frees up within its timeout
+POOL_EXHAUSTED = "No connection available."
 
 
 def _scaled(tiers: Sequence[TierCheck], share: float) -> list[TierCheck]:
@@ -67,12 +70,29 @@ class LimiterBackend:
         if self.redis is not None and not self.degraded:
             try:
                 verdict = await self.redis.decide(tiers, slots, slot_ttl)
+            except RedisConnectionError as exc:
+                if str(exc) == POOL_EXHAUSTED:
+                    # Redis answers, but every pooled connection is busy: decide this one request in process
+                    # rather than declaring Redis down for the whole replica
+                    self.metrics.store_errors.labels("pool_exhausted").inc()
+                    return self._local(tiers, slots, slot_ttl, fail_mode, fallback_share)
+                self._degrade("decide", exc)
             except STORE_ERRORS as exc:
                 self._degrade("decide", exc)
             else:
                 if verdict.hold is not None:
                     self._held[verdict.hold.member] = verdict.hold
                 return verdict
+        return self._local(tiers, slots, slot_ttl, fail_mode, fallback_share)
+
+    def _local(
+        self,
+        tiers: Sequence[TierCheck],
+        slots: Sequence[SlotCheck],
+        slot_ttl: float,
+        fail_mode: str,
+        fallback_share: float,
+    ) -> Verdict:
         if self.redis is None:
             verdict = self.memory.decide_now(tiers, slots, slot_ttl)
         elif fail_mode == "open":

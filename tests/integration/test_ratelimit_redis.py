@@ -200,3 +200,22 @@ async def test_fail_modes_open_and_closed(private_redis: RedisInstance) -> None:
             await backend.decide([t], [], 0, "closed")
     finally:
         await client.aclose()
+
+
+async def test_pool_exhaustion_is_not_an_outage(shared: tuple[aioredis.Redis, str], redis_url: str) -> None:
+    _, prefix = shared
+    pool = aioredis.BlockingConnectionPool.from_url(redis_url, max_connections=1, timeout=0.0001)
+    client = aioredis.Redis(connection_pool=pool)
+    registry = CollectorRegistry()
+    backend = LimiterBackend(RedisLimiterStore(client, prefix), RateLimitMetrics(registry))
+    try:
+        verdicts = await asyncio.gather(*(backend.decide([tier("global", 1000, 1000)], [], 0) for _ in range(30)))
+        assert all(v.allowed for v in verdicts)
+        backends = {v.backend for v in verdicts}
+        assert backends == {"redis", "fallback"}, backends  # the busy ones were decided in process...
+        assert not backend.degraded  # ...without declaring Redis down
+        errors = registry.get_sample_value("mcp_gateway_ratelimit_store_errors_total", {"operation": "pool_exhausted"})
+        assert errors is not None and errors > 0
+        assert registry.get_sample_value("mcp_gateway_ratelimit_fallback_active") == 0
+    finally:
+        await client.aclose()
