@@ -142,7 +142,7 @@ class PostgresKeyStore:
         self._pool_lock = asyncio.Lock()
         self._by_hash: dict[str, tuple[KeyRecord, float]] = {}
         self._by_id: dict[str, tuple[KeyRecord | None, float]] = {}
-        self._inflight: dict[str, asyncio.Future[KeyRecord | None]] = {}
+        self._inflight: dict[str, asyncio.Task[KeyRecord | None]] = {}
         self._on_lookup = on_lookup  # metrics hook: "hit", "miss", "error"
 
     async def pool(self) -> asyncpg.Pool:
@@ -190,20 +190,22 @@ class PostgresKeyStore:
         return rec
 
     async def _fetch_shared(self, key_id: str) -> KeyRecord | None:
-        fut = self._inflight.get(key_id)
-        if fut is not None:
-            return await asyncio.shield(fut)
-        fut = asyncio.get_running_loop().create_future()
-        self._inflight[key_id] = fut
-        try:
-            rec = await self._fetch(key_id)
-        except BaseException as exc:
-            fut.set_exception(exc)
-            fut.exception()  # retrieved here, so a future nobody else awaited does not warn
-            raise
-        finally:
-            self._inflight.pop(key_id, None)
-        fut.set_result(rec)
+        # one query per id in flight, run as its own task: a requester that goes away (client disconnect) does
+        # not cancel the query the others are waiting for
+        task = self._inflight.get(key_id)
+        if task is None:
+            task = asyncio.create_task(self._fetch_and_remember(key_id))
+            self._inflight[key_id] = task
+            task.add_done_callback(lambda t: self._settled(key_id, t))
+        return await asyncio.shield(task)
+
+    def _settled(self, key_id: str, task: asyncio.Task[KeyRecord | None]) -> None:
+        self._inflight.pop(key_id, None)
+        if not task.cancelled():
+            task.exception()  # retrieved, so a failure nobody waited for does not warn
+
+    async def _fetch_and_remember(self, key_id: str) -> KeyRecord | None:
+        rec = await self._fetch(key_id)
         ttl = self._ttl if rec is not None else self._negative_ttl
         self._remember(self._by_id, key_id, (rec, time.monotonic() + ttl))
         return rec

@@ -52,7 +52,7 @@ class JwtVerifier:
             raise _refuse("token too large", "malformed_token")
         try:
             header = jwt.get_unverified_header(token)
-        except (jwt.DecodeError, orjson.JSONDecodeError, ValueError, TypeError):
+        except (jwt.InvalidTokenError, orjson.JSONDecodeError, ValueError, TypeError):
             raise _refuse("token is not a well-formed JWT", "malformed_token") from None
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._algorithms:

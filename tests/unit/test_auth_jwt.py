@@ -4,6 +4,7 @@ and the policy rules that keep algorithm families apart and JWKS URLs on TLS."""
 from __future__ import annotations
 
 import json
+import string
 import time
 from typing import Any
 
@@ -11,6 +12,8 @@ import aiohttp
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from gateway.auth.jwks import JwksCache
@@ -146,3 +149,30 @@ def test_jwks_key_choice() -> None:
     assert cache._find(None, "RS256") is None  # now ambiguous: refuse rather than guess
     cache._jwks["enc"] = _jwk(r, "RS256", kid="enc", use="enc")
     assert cache._find("enc", "RS256") is None  # an encryption key never verifies signatures
+
+
+_JSONISH = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=10) | st.sampled_from(["HS256", "none", "RS256"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(["alg", "kid", "typ", "x"]), inner),
+    max_leaves=6,
+)
+_SEGMENT = st.text(alphabet=string.ascii_letters + string.digits + "-_=", max_size=60)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    parts=st.one_of(
+        st.lists(_SEGMENT, min_size=3, max_size=3),
+        st.lists(
+            st.one_of(
+                _SEGMENT, st.builds(lambda d: jwt.utils.base64url_encode(json.dumps(d).encode()).decode(), _JSONISH)
+            ),
+            min_size=3,
+            max_size=3,
+        ),
+    )
+)
+async def test_fuzzed_tokens_only_ever_refused_cleanly(parts: list[str]) -> None:
+    with pytest.raises(Unauthenticated) as info:
+        await verifier().verify(".".join(parts))
+    assert info.value.status == 401
