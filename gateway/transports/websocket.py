@@ -140,11 +140,16 @@ class _Connection:
         self._upstream = upstream
         self._url = url
         self._pending: dict[JsonRpcId, Any] = {}  # request id -> transform of its answer
+        self._seq = 0
         metrics = app[TRANSPORT_METRICS].ws_messages
         server = upgrade.server_name
         self._in_ok = metrics.labels(server, "in", "relayed")
         self._in_refused = metrics.labels(server, "in", "refused")
         self._out_ok = metrics.labels(server, "out", "relayed")
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
 
     async def run(self) -> None:
         from_client = asyncio.create_task(self._client_to_upstream(), name="ws-client-pump")
@@ -217,7 +222,7 @@ class _Connection:
             return
         body = text.encode()
         ctx = RequestContext(
-            request_id=uuid.uuid4().hex,
+            request_id=f"{up.request_id}.{self._next_seq()}",  # the upgrade's id + frame number: logs correlate
             snapshot=active.snapshot,
             server_name=up.server_name,
             server=server,
