@@ -370,7 +370,9 @@ async def test_client_disconnect_closes_the_upstream_request(env: Env) -> None:
                         break
             # the upstream is blocked mid-call, holding the one live connection
             assert upstream_connections(env.gw, env.gated.port) == 1
-            assert metric(await scrape(env.gw), "mcp_gateway_in_flight_requests") >= 1
+            in_flight = metric(await scrape(env.gw), "mcp_gateway_in_flight_requests")
+            tail = "\n".join(env.gw.logs().splitlines()[-30:])
+            assert in_flight >= 1, f"in flight {in_flight}; gateway log:\n{tail}"
     finally:
         await client.aclose()  # the client goes away mid-stream
     # bounded below 15 s: the upstream's SSE ping comes every 15 s, and relaying it to the gone client would end
