@@ -92,28 +92,33 @@ class DrainTracker:
         return len(self._streams)
 
     async def end_streams(self) -> int:
-        """Close WebSockets with 1001 and finish SSE streams cleanly; returns how many were ended."""
+        """Close WebSockets with 1001 and finish SSE streams cleanly, all at once; returns how many were ended."""
         streams = list(self._streams.values())
-        for request, response in streams:
-            try:
-                if isinstance(response, web.WebSocketResponse):
-                    async with asyncio.timeout(STREAM_CLOSE_SECONDS):
-                        await response.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
-                else:
-                    # the terminating chunk: the client sees a complete stream, not a reset connection
-                    async with asyncio.timeout(STREAM_CLOSE_SECONDS):
-                        await response.write_eof()
-            except Exception as exc:  # the peer may be gone already; cancelling below still ends the handler
-                log.debug("ending stream failed", error=repr(exc), path=request.path)
-            # the handler is still reading from its upstream: stop it, which closes the upstream request too
-            request.task.cancel()
+        await asyncio.gather(*(self._end(request, response) for request, response in streams))
         return len(streams)
 
-    def cancel_remaining(self) -> int:
-        remaining = list(self._active.values())
-        for request in remaining:
+    @staticmethod
+    async def _end(request: web.BaseRequest, response: web.StreamResponse) -> None:
+        try:
+            async with asyncio.timeout(STREAM_CLOSE_SECONDS):
+                if isinstance(response, web.WebSocketResponse):
+                    # the handler's receive loop sees the close and shuts its upstream socket itself
+                    await response.close(code=WSCloseCode.GOING_AWAY, message=b"gateway shutting down")
+                    return
+                # the terminating chunk: the client sees a complete stream, not a reset connection
+                await response.write_eof()
+        except Exception as exc:  # the peer may be gone already; the handler is cancelled below or at the end
+            log.debug("ending stream failed", error=repr(exc), path=request.path)
+        # an SSE handler is blocked reading its upstream, which may stay quiet: stop it (closing the upstream
+        # request too) rather than wait
+        request.task.cancel()
+
+    def cancel(self, *, streams_too: bool = False) -> int:
+        """Cancel the handlers still running (by default only requests, not streams); returns how many."""
+        victims = [r for key, r in self._active.items() if streams_too or key not in self._streams]
+        for request in victims:
             request.task.cancel()
-        return len(remaining)
+        return len(victims)
 
     async def wait_idle(self, deadline: float, *, streams_too: bool = False) -> bool:
         loop = asyncio.get_running_loop()
@@ -135,12 +140,12 @@ async def drain(runner: web.AppRunner, tracker: DrainTracker, grace: float) -> N
         runner.server.pre_shutdown()
     log.info("draining", in_flight=tracker.busy, streams=tracker.open_streams, grace_seconds=grace)
     finished = await tracker.wait_idle(deadline)
+    # streams first: cancelling an SSE handler before its final chunk is written would cut the stream
     ended = await tracker.end_streams()
-    cancelled = 0
-    if not finished:
-        cancelled = tracker.cancel_remaining()
-    await tracker.wait_idle(loop.time() + STREAM_CLOSE_SECONDS, streams_too=True)
-    log.info("drained", in_flight_finished=finished, streams_ended=ended, cancelled_at_deadline=cancelled)
+    cancelled = 0 if finished else tracker.cancel()
+    if not await tracker.wait_idle(loop.time() + STREAM_CLOSE_SECONDS, streams_too=True):
+        cancelled += tracker.cancel(streams_too=True)
+    log.info("drained", in_flight_finished=finished, streams_ended=ended, cancelled=cancelled)
 
 
 def install_samplers(app: web.Application, runner: web.AppRunner) -> None:

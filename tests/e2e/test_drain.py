@@ -186,3 +186,47 @@ async def test_sigterm_ends_a_legacy_sse_stream_cleanly(tmp_path: Path) -> None:
         assert await asyncio.to_thread(gw.proc.popen.wait, 30) == 0
     streams = [r for r in audit_records(gw) if r.get("http_method") == "GET"]
     assert len(streams) == 1
+
+
+async def test_a_call_outliving_the_grace_period_is_cut_and_still_audited(tmp_path: Path) -> None:
+    up = start_upstream(tmp_path)
+    gw = start_gateway(
+        tmp_path / "gw",
+        default_policies(up.url),
+        keys={"k1": {"tenant": "acme", "scopes": ["read", "write"]}},
+        config={"http": {"shutdown_grace_seconds": 1}},
+    )
+    with running(gw, up):
+        headers = {**HEADERS, **gw.auth("k1"), "MCP-Protocol-Version": "2025-06-18"}
+        async with httpx.AsyncClient(timeout=httpx.Timeout(30)) as raw:
+            r = await raw.post(gw.url(), headers=headers, json=INIT)
+            headers["Mcp-Session-Id"] = r.headers["mcp-session-id"]
+            r = await raw.post(
+                gw.url(), headers=headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"}
+            )
+            assert r.status_code == 202
+            call = {
+                "jsonrpc": "2.0",
+                "id": 2,
+                "method": "tools/call",
+                "params": {"name": "count", "arguments": {"n": 100, "delay": 0.5}, "_meta": {"progressToken": "p"}},
+            }
+            stream = await raw.send(raw.build_request("POST", gw.url(), headers=headers, json=call), stream=True)
+            chunks = stream.aiter_raw()
+            received = b""
+            async with asyncio.timeout(20):
+                while b"notifications/progress" not in received:
+                    received += await anext(chunks)
+            gw.proc.signal(signal.SIGTERM)
+            with contextlib.suppress(httpx.HTTPError):
+                async with asyncio.timeout(20):
+                    async for chunk in chunks:
+                        received += chunk
+            await stream.aclose()
+            assert b"counted to 100" not in received
+        assert gw.proc.popen is not None
+        assert await asyncio.to_thread(gw.proc.popen.wait, 30) == 0
+    drained = [e for e in map(_json_line, gw.logs().splitlines()) if e.get("event") == "drained"]
+    assert len(drained) == 1 and drained[0]["in_flight_finished"] is False and int(str(drained[0]["cancelled"])) >= 1
+    calls = [r for r in audit_records(gw) if r.get("rpc_method") == "tools/call"]
+    assert len(calls) == 1
