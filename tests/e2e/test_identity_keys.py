@@ -7,8 +7,11 @@ Every refusal asserts the HTTP status, the JSON-RPC error code, `data.reason` an
 
 from __future__ import annotations
 
+import asyncio
 import json
 import string
+import subprocess
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,13 +29,14 @@ from tests.e2e.test_identity_helpers import (
     Answer,
     assert_refused,
     audit_record,
+    initialize_msg,
     open_session,
     post,
     recorded,
     rpc,
     start_recorder,
 )
-from tests.harness import Gateway, Upstream, api_key, start_gateway
+from tests.harness import PYTHON, ROOT, Gateway, Upstream, api_key, start_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -210,6 +214,55 @@ async def test_anonymous_reads_public_route_as_anonymous_tier(env: Env, http: ai
     assert "secret_admin_tool" in {t["name"] for t in ans.body["result"]["tools"]}
     rec = await audit_record(env.audit, ans.request_id)
     assert rec["auth_method"] == "anonymous" and rec["decision"] != "refused", rec
+
+
+def _keys_cli(env: Env, *args: str) -> str:
+    out = subprocess.run(
+        [
+            PYTHON,
+            "-m",
+            "gateway",
+            "keys",
+            *args,
+            "--policies",
+            str(env.gw.policies_dir),
+            "--config",
+            str(env.gw.config_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return out.stdout
+
+
+async def _until(check: Any, seconds: float = 15.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if await check():
+            return True
+        await asyncio.sleep(0.2)
+    return False
+
+
+async def test_cli_key_in_keys_yaml_hot_reloaded_then_revoked(env: Env, http: aiohttp.ClientSession) -> None:
+    out = _keys_cli(env, "create", "--tenant", "acme", "--scopes", "read", "--id", "clikey")
+    key = next(line.split(" ", 1)[1] for line in out.splitlines() if line.startswith("key: "))
+    headers = {"Authorization": f"Bearer {key}"}
+
+    async def accepted() -> bool:
+        return (await post(http, env.gw.url("sse"), initialize_msg(), headers)).status == 200
+
+    assert await _until(accepted), "a key appended to keys.yaml was not picked up by the running gateway"
+    _keys_cli(env, "revoke", "clikey")
+
+    async def revoked() -> bool:
+        ans = await post(http, env.gw.url("sse"), initialize_msg(), headers)
+        return ans.status == 401 and ans.error["data"]["reason"] == "key_revoked"
+
+    assert await _until(revoked), "revocation in keys.yaml not applied"
 
 
 # ------------------------------------------------------------------------------------------------ tool visibility
