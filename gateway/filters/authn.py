@@ -164,9 +164,6 @@ class Authn:
         self._usage = state.usage
         self._metrics: AuthMetrics | None = state.metrics
 
-    def route(self, server_name: str) -> RouteAuthn:
-        return self._routes.get(server_name, ADMIN_ROUTE)
-
     async def __call__(self, ctx: RequestContext) -> None:
         route = self._routes.get(ctx.server_name, ADMIN_ROUTE)
         method = "none"

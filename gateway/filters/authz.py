@@ -36,11 +36,6 @@ from gateway.policy.tenants import ToolRules
 _MEMO_LIMIT = 4096
 
 
-def tool_allowed(rules: ToolRules, tool: str) -> bool:
-    """Whether one rule list lets `tool` through (its mode aside). Kept for callers outside the chain."""
-    return ToolMatcher(rules.allow, rules.deny).allows(tool)
-
-
 def _matcher(rules: ToolRules, source: str) -> ToolMatcher | None:
     if not rules.allow and not rules.deny:
         return None
