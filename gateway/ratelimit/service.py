@@ -42,6 +42,7 @@ class RateLimiter:
         # the per-IP flood guard is always in process: a flood must not turn into Redis load
         self.ip_store = MemoryStore()
         self._compiled: dict[str, CompiledLimits] = {}
+        self._newest = 0.0
         self._tasks: list[asyncio.Task[None]] = []
 
     def compiled(self, snapshot: Snapshot) -> CompiledLimits:
@@ -51,8 +52,11 @@ class RateLimiter:
             if len(self._compiled) >= _KEEP_COMPILED:
                 self._compiled.pop(next(iter(self._compiled)))
             self._compiled[snapshot.version] = got
-            self.backend.probe_interval = got.probe_interval
-            self.blocker.policy_changed()
+            if snapshot.loaded_at >= self._newest:
+                # runtime knobs follow the newest policy only (an old snapshot may be recompiled for a late request)
+                self._newest = snapshot.loaded_at
+                self.backend.probe_interval = got.probe_interval
+                self.blocker.policy_changed()
         return got
 
     def current(self) -> CompiledLimits | None:
