@@ -176,10 +176,10 @@ async def test_three_gateways_never_exceed_the_global_limit(tmp_path: Path, redi
         async with aiohttp.ClientSession() as http:
             # each gateway holds its own secret for key id k1 (the harness makes a fresh one per gateway)
             sessions = [await open_session(http, gw.url(), gw.auth("k1")) for gw in gws]
-            statuses: list[list[int]] = [[] for _ in range(6)]
+            statuses: list[list[int]] = [[] for _ in range(9)]
             start = time.monotonic()
             await asyncio.gather(
-                *(_hammer(http, gws[i % 3].url(), sessions[i % 3], start + window, statuses[i]) for i in range(6))
+                *(_hammer(http, gws[i % 3].url(), sessions[i % 3], start + window, statuses[i]) for i in range(9))
             )
             elapsed = time.monotonic() - start
         client = aioredis.Redis.from_url(redis_url)
@@ -198,7 +198,7 @@ async def test_three_gateways_never_exceed_the_global_limit(tmp_path: Path, redi
 async def test_redis_killed_mid_load_falls_back_and_returns(tmp_path: Path, private_redis: RedisInstance) -> None:
     up = start_upstream(tmp_path, json_response=True)
     pol = default_policies(up.url)
-    pol["limits.yaml"] = limits(**{"global": {"rate": 50, "per": "second", "burst": 10}})
+    pol["limits.yaml"] = limits(**{"global": {"rate": 20, "per": "second", "burst": 10}})
     cfg = {"redis": {"url": private_redis.url}}
     gw = start_gateway(tmp_path / "gw", pol, keys={"k1": {"tenant": "acme", "scopes": ["read", "write"]}}, config=cfg)
     with running(gw, up):
