@@ -12,7 +12,7 @@ from gateway.policy.base import Rate
 from gateway.policy.limits import Costs
 from gateway.policy.snapshot import Snapshot
 from gateway.ratelimit.ipblock import DdosParams, parse_allowlist
-from gateway.ratelimit.shares import ANONYMOUS_TENANT, FairParams
+from gateway.ratelimit.shares import FairParams
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,9 +76,6 @@ def compile_limits(snapshot: Snapshot) -> CompiledLimits:
     ceiling = compile_rate(lim.tenant_default)
     fair: FairParams | None = None
     if lim.fairness.enabled and global_ is not None:
-        ceilings: dict[str, float] = {}
-        if ceiling is not None:
-            ceilings = {t: ceiling.rate for t in (*snapshot.tenants, ANONYMOUS_TENANT)}
         fair = FairParams(
             capacity=global_.rate,
             interval=lim.fairness.interval_seconds,
@@ -86,7 +83,7 @@ def compile_limits(snapshot: Snapshot) -> CompiledLimits:
             headroom=lim.fairness.headroom,
             weights=MappingProxyType({t: p.weight for t, p in snapshot.tenants.items()}),
             reserved=MappingProxyType({t: p.reserved_rps for t, p in snapshot.tenants.items() if p.reserved_rps}),
-            ceilings=MappingProxyType(ceilings),
+            ceiling=ceiling.rate if ceiling is not None else math.inf,
         )
     roles = {role: r for role, rate in lim.tiers.items() if (r := compile_rate(rate)) is not None}
     keys = {kid: r for kid, k in snapshot.keys.items() if (r := compile_rate(k.rate_limit)) is not None}

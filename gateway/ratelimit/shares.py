@@ -39,12 +39,11 @@ class FairParams:
     headroom: float
     weights: Mapping[str, float] = field(default_factory=dict)
     reserved: Mapping[str, float] = field(default_factory=dict)
-    ceilings: Mapping[str, float] = field(default_factory=dict)
+    # `tenant_default` as a rate: every tenant's ceiling (inf = none)
+    ceiling: float = math.inf
 
     def demand(self, tenant: str, rate: float) -> TenantDemand:
-        return TenantDemand(
-            rate, self.weights.get(tenant, 1.0), self.reserved.get(tenant, 0.0), self.ceilings.get(tenant, math.inf)
-        )
+        return TenantDemand(rate, self.weights.get(tenant, 1.0), self.reserved.get(tenant, 0.0), self.ceiling)
 
 
 class DemandExchange(Protocol):
@@ -113,7 +112,7 @@ class FairShares:
         # a tenant with no demand in the last interval: the share it would get beside the tenants active lately
         w = params.weights.get(tenant, 1.0)
         share = params.capacity * w / (self._active_weight + w)
-        share = min(share, params.ceilings.get(tenant, math.inf))
+        share = min(share, params.ceiling)
         return max(share, params.reserved.get(tenant, 0.0), 1e-3)
 
     @property

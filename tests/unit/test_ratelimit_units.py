@@ -145,3 +145,20 @@ def test_fair_shares_newcomer_and_recompute() -> None:
     assert fair.share("d") == pytest.approx(30 / 4)
     text = metrics.fair_share.collect()[0].samples
     assert {s.labels["tenant"] for s in text} == {"a", "b", "c"}
+
+
+def test_tenant_default_caps_every_tenant_share() -> None:
+    snap = snapshot({"global": {"rate": 60, "per": "second"}, "tenant_default": {"rate": 10, "per": "second"}})
+    fair = compile_limits(snap).fair
+    assert fair is not None and fair.capacity == pytest.approx(60) and fair.ceiling == pytest.approx(10)
+    shares = FairShares(lambda: fair, RateLimitMetrics(CollectorRegistry()), clock=lambda: 1.0)
+    shares.recompute({"acme": 100, "unknown-tenant": 100}, fair, 1.0)
+    assert shares.share("acme") == pytest.approx(10)
+    assert shares.share("unknown-tenant") == pytest.approx(10)  # tenants not in tenants.yaml are capped too
+    assert shares.share("newcomer") == pytest.approx(10)
+    assert fair.weights["acme"] == 2
+
+
+def test_no_fair_share_without_a_global_rate() -> None:
+    assert compile_limits(snapshot({"tenant_default": {"rate": 10}})).fair is None
+    assert compile_limits(snapshot({"global": {"rate": 10}, "fairness": {"enabled": False}})).fair is None
