@@ -95,10 +95,12 @@ def build_app(settings: Settings) -> web.Application:
     store = PolicyStore(settings.path(settings.policies_dir), lambda snap: build_chain(snap, app), on_result)
     app[POLICY] = store
 
-    handler = StreamableHttpHandler(app)
-    app.router.add_route("POST", "/mcp/{server}", handler)
-    app.router.add_route("GET", "/mcp/{server}", handler)
-    app.router.add_route("DELETE", "/mcp/{server}", handler)
+    # the bound coroutine method, not the instance: aiohttp wraps any other callable in an extra coroutine per
+    # request (and warns that this is deprecated)
+    handle = StreamableHttpHandler(app).__call__
+    app.router.add_route("POST", "/mcp/{server}", handle)
+    app.router.add_route("GET", "/mcp/{server}", handle)
+    app.router.add_route("DELETE", "/mcp/{server}", handle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_handler)
