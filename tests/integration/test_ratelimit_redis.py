@@ -219,3 +219,20 @@ async def test_pool_exhaustion_is_not_an_outage(shared: tuple[aioredis.Redis, st
         assert registry.get_sample_value("mcp_gateway_ratelimit_fallback_active") == 0
     finally:
         await client.aclose()
+
+
+async def test_a_block_reaches_every_replica(shared: tuple[aioredis.Redis, str]) -> None:
+    from gateway.ratelimit.ipblock import DdosParams, IpBlocker
+
+    client, prefix = shared
+    one = IpBlocker(RateLimitMetrics(CollectorRegistry()), client, prefix)
+    two = IpBlocker(RateLimitMetrics(CollectorRegistry()), client, prefix)
+    params = DdosParams(True, 2, 60.0, (30.0,), 3600.0, ())
+    one.strike("203.0.113.9", params)
+    one.strike("203.0.113.9", params)
+    assert one.blocked_for("203.0.113.9") > 29
+    assert two.blocked_for("203.0.113.9") == 0
+    await one.sync_once()  # publishes
+    await two.sync_once()  # adopts
+    assert 28 < two.blocked_for("203.0.113.9") <= 30
+    assert two.blocked_for("203.0.113.10") == 0
