@@ -111,7 +111,8 @@ class FairShares:
             return got
         # a tenant with no demand in the last interval: the share it would get beside the tenants active lately
         w = params.weights.get(tenant, 1.0)
-        share = params.capacity * w / (self._active_weight + w)
+        others = self._active_weight - (w if tenant in self._last_seen else 0.0)
+        share = params.capacity * w / (others + w)
         share = min(share, params.ceiling)
         return max(share, params.reserved.get(tenant, 0.0), 1e-3)
 
