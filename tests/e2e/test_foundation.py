@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import re
 import time
 import uuid
@@ -70,6 +71,13 @@ def build_gated_server(port: int) -> FastMCP:
             await ctx.report_progress(i, n, f"step {i}")
             await gate(run, i).wait()
         return f"released {n}"
+
+    @mcp.tool()
+    def seen_headers(ctx: Context) -> str:  # type: ignore[type-arg]
+        """The HTTP headers this upstream received with the call (to check what the gateway forwards)."""
+        request = ctx.request_context.request
+        assert request is not None
+        return json.dumps([[k.lower(), v] for k, v in request.headers.items()])
 
     @mcp.tool()
     def release(run: str, step: int) -> str:
@@ -385,6 +393,41 @@ async def test_client_disconnect_closes_the_upstream_request(env: Env) -> None:
     await eventually(idle, "gateway handler finished")
     async with sdk_session(env.gated.url, {}) as (direct, _):
         await direct.call_tool("release", {"run": run, "step": 1})
+
+
+async def test_headers_reaching_the_upstream(env: Env) -> None:
+    """The client's credentials and hop-by-hop headers stop at the gateway; MCP headers and the request id pass."""
+    url = env.gw.url("gated")
+    rid = f"hdr-{uuid.uuid4().hex}"
+    async with httpx.AsyncClient(timeout=10) as c:
+        sid = await raw_initialize(c, url, env.headers())
+        call = {"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "seen_headers", "arguments": {}}}
+        headers = env.headers(
+            **{
+                "Mcp-Session-Id": sid,
+                "MCP-Protocol-Version": "2025-06-18",
+                "X-Request-ID": rid,
+                "Cookie": "session=client-cookie",
+                "X-API-Key": "mgw_other_key",
+                "Connection": "keep-alive, X-Hop-Secret",
+                "X-Hop-Secret": "must-not-pass",
+                "X-Forwarded-For": "198.51.100.9",
+                "X-Custom": "kept",
+            }
+        )
+        r = await c.post(url, headers=headers, json=call)
+    assert r.status_code == 200 and r.headers["X-Request-ID"] == rid
+    (message,) = sse_messages(r.text)
+    seen = json.loads(message["result"]["content"][0]["text"])
+    names = {k for k, _ in seen}
+    got = dict(seen)
+    assert got["mcp-session-id"] == sid and got["mcp-protocol-version"] == "2025-06-18"
+    assert got["x-request-id"] == rid and got["x-custom"] == "kept"
+    assert got["x-forwarded-for"] == "127.0.0.1"  # the gateway's view of the client, not the client's claim
+    assert got["host"] == f"127.0.0.1:{env.gated.port}"
+    for gone in ("authorization", "cookie", "x-api-key", "x-hop-secret", "origin"):
+        assert gone not in names, f"{gone} reached the upstream"
+    assert env.gw.keys[KEY] not in r.text
 
 
 # ------------------------------------------------------------------------------------------ errors at the edge
