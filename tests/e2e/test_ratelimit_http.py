@@ -301,3 +301,34 @@ async def test_concurrent_tool_calls_are_capped_per_key(tmp_path: Path, redis_ur
         if found:
             await client.delete(*found)
         await client.aclose()
+
+
+async def test_open_streams_are_capped_per_tenant_and_released_on_disconnect(tmp_path: Path) -> None:
+    up = start_upstream(tmp_path, json_response=True)
+    pol = default_policies(up.url)
+    pol["tenants.yaml"] = {"tenants": {"acme": {"servers": ["example"], "max_open_streams": 1}}}
+    pol["limits.yaml"] = limits()
+    gw = start_gateway(tmp_path / "gw", pol, keys={"k1": {"tenant": "acme", "scopes": ["read", "write"]}})
+    with running(gw, up):
+        async with aiohttp.ClientSession() as http:
+            sess = await open_session(http, gw.url(), gw.auth("k1"))
+            other = await open_session(http, gw.url(), gw.auth("k1"))
+            get_headers = {**sess, "Accept": "text/event-stream"}
+            first = await http.get(gw.url(), headers=get_headers)
+            assert first.status == 200 and first.content_type == "text/event-stream"
+            async with http.get(gw.url(), headers={**other, "Accept": "text/event-stream"}) as second:
+                assert second.status == 429
+                body = await second.json()
+                assert body["error"]["code"] == -31031
+                assert body["error"]["data"]["limit"] == "tenant_streams"
+            first.close()  # the client goes away: the slot must come back
+            deadline = time.monotonic() + 5
+            while True:
+                resp = await http.get(gw.url(), headers={**other, "Accept": "text/event-stream"})
+                status = resp.status
+                resp.close()
+                if status == 200:
+                    break
+                assert status == 429, status
+                assert time.monotonic() < deadline, "stream slot never released after the disconnect"
+                await asyncio.sleep(0.1)
