@@ -322,8 +322,12 @@ async def explain(settings: Any, req: ExplainRequest, policies: Path | None = No
 
 
 def _cmd_explain(args: argparse.Namespace) -> int:
+    from gateway.logging import configure_logging
     from gateway.policy.loader import PolicyError
     from gateway.settings import SettingsError, load_settings
+
+    # stdout carries the explanation (JSON with --json); the components' own log lines go to stderr, warnings only
+    configure_logging("warning", "console")
 
     given = [x for x in (args.key, args.key_id, args.jwt_claims) if x is not None]
     if len(given) > 1:

@@ -91,6 +91,7 @@ async def test_explain_matches_the_gateway(tmp_path: Path) -> None:
             (shadow_rc, _, shadow_text),
             (unknown_rc, unknown, _),
             (cand_rc, _, cand_text),
+            (bad_rc, bad, _),
         ) = await asyncio.gather(
             explain(gw, "--key", writer, "--tool", "add"),
             explain(gw, "--key", reader, "--tool", "add", "--json"),
@@ -98,6 +99,10 @@ async def test_explain_matches_the_gateway(tmp_path: Path) -> None:
             explain(gw, "--key", writer, "--tool", "echo"),
             explain(gw, "--key-id", "nobody", "--tool", "add", "--json"),
             explain(gw, "--key-id", "writer", "--tool", "add", "--policies", str(candidate)),
+            # authn logs its refusal: stdout must still be nothing but the JSON
+            explain(
+                gw, "--key", writer[:-3] + ("xyz" if not writer.endswith("xyz") else "abc"), "--tool", "add", "--json"
+            ),
         )
 
         # allowed: says so, and the real gateway agrees (an SDK call goes through)
@@ -144,6 +149,7 @@ async def test_explain_matches_the_gateway(tmp_path: Path) -> None:
         assert "result   allowed (would be refused by shadow rules:" in shadow_text
 
         assert unknown_rc == 1
+        assert bad_rc == 1 and bad["refused_by"] == {"stage": "authn", "reason": "unknown_key"}
         assert unknown["refused_by"] == {"stage": "authn", "reason": "unknown_key"}
 
         # the candidate denies `add`; the live policy (and the running gateway) still allow it
