@@ -436,8 +436,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def _exit_on_sigterm(signum: int, frame: object) -> None:
+    # SystemExit unwinds through main's `finally`, which stops every process the bench started
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     hard_fds = raise_fd_limit()
     started = time.monotonic()
     workdir = Path(tempfile.mkdtemp(prefix="mgw-bench-"))
