@@ -179,12 +179,19 @@ def load_settings(path: str | Path | None, env: dict[str, str] | None = None) ->
     if path is not None:
         p = Path(path)
         base = p.resolve().parent
+        # the policy files' loader: a key given twice is an error, not "the last one wins"
+        from gateway.policy.loader import StrictYamlLoader
+
         try:
-            loaded = yaml.safe_load(p.read_text()) or {}
+            loaded = yaml.load(p.read_text(encoding="utf-8"), Loader=StrictYamlLoader) or {}
         except OSError as exc:
             raise SettingsError(f"{p}: cannot read: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise SettingsError(f"{p}: not UTF-8 text") from None
         except yaml.YAMLError as exc:
-            raise SettingsError(f"{p}: invalid YAML: {exc}") from None
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}, column {mark.column + 1}:" if mark is not None else ""
+            raise SettingsError(f"{p}:{where} invalid YAML: {getattr(exc, 'problem', None) or exc}") from None
         if not isinstance(loaded, dict):
             raise SettingsError(f"{p}: top level must be a mapping")
         data = loaded

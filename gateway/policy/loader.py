@@ -66,12 +66,12 @@ def _message(err: Any) -> str:
     return msg.removeprefix("Value error, ")
 
 
-class _StrictLoader(yaml.SafeLoader):
+class StrictYamlLoader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate mapping keys: PyYAML keeps the last silently, so a server or tenant
     defined twice would lose its first definition without a word."""
 
 
-def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+def _construct_mapping(loader: StrictYamlLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     seen: set[Any] = set()
     for key_node, _ in node.value:
         if key_node.tag == "tag:yaml.org,2002:merge":
@@ -89,7 +89,7 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool
     return loader.construct_mapping(node, deep=deep)
 
 
-_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+StrictYamlLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
 def _read_yaml(path: Path, problems: list[PolicyProblem]) -> Any:
@@ -104,7 +104,7 @@ def _read_yaml(path: Path, problems: list[PolicyProblem]) -> Any:
         problems.append(PolicyProblem(path.name, f"line {line}, column {column}", "not UTF-8 text"))
         return None
     try:
-        return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: plain data only
+        return yaml.load(text, Loader=StrictYamlLoader)  # a SafeLoader: plain data only
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""

@@ -134,3 +134,17 @@ def test_settings_are_frozen() -> None:
     s = load_settings(None, env={})
     with pytest.raises(ValueError, match="frozen"):
         s.workers = 2  # type: ignore[misc]
+
+
+def test_a_key_given_twice_is_an_error(tmp_path: Path) -> None:
+    cfg = write(tmp_path, "listen:\n  port: 8080\n  port: 9090\n")
+    with pytest.raises(SettingsError) as info:
+        load_settings(cfg, env={})
+    assert str(info.value) == f"{cfg}: line 3, column 3: invalid YAML: duplicate key 'port'"
+
+
+def test_a_file_that_is_not_utf8(tmp_path: Path) -> None:
+    cfg = tmp_path / "config.yaml"
+    cfg.write_bytes(b"listen: {host: \xff}\n")
+    with pytest.raises(SettingsError, match="not UTF-8 text"):
+        load_settings(cfg, env={})
