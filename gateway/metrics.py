@@ -142,6 +142,14 @@ class GatewayMetrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.streams_open = Gauge(
+            "mcp_gateway_streams_open",
+            "Long-lived responses open now, by kind: sse (GET event streams, legacy SSE included), listen (2026 "
+            "subscriptions/listen), websocket",
+            ["kind"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.connections_open = Gauge(
             "mcp_gateway_client_connections_open",
             "Client TCP connections open now (keep-alive, streams and WebSockets included)",

@@ -37,6 +37,8 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 # after the grace period, how long ended streams get to unwind before they are cancelled
 STREAM_CLOSE_SECONDS = 2.0
+# long-lived responses: GET event streams (streamable HTTP, legacy SSE), 2026 listen streams, WebSockets
+STREAM_KINDS = ("sse", "listen", "websocket")
 
 
 def _install_uvloop() -> None:
@@ -53,10 +55,11 @@ class DrainTracker:
         # keyed by id(): aiohttp requests are mappings, so they are not hashable
         self._active: dict[int, web.BaseRequest] = {}
         self._streams: dict[int, tuple[web.BaseRequest, web.StreamResponse]] = {}
+        self._kinds: dict[int, str] = {}
         self.draining = False
 
     def install(self, app: web.Application) -> None:
-        active, streams = self._active, self._streams
+        active, streams, kinds = self._active, self._streams, self._kinds
 
         @web.middleware
         async def track(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -67,6 +70,7 @@ class DrainTracker:
             finally:
                 active.pop(key, None)
                 streams.pop(key, None)
+                kinds.pop(key, None)
 
         app.middlewares.append(track)
         app.on_response_prepare.append(self._on_prepare)
@@ -75,12 +79,17 @@ class DrainTracker:
         # GET event streams (streamable HTTP, legacy SSE) and 2026 `subscriptions/listen` POSTs stay open until
         # someone ends them; the gateway has already checked that a modern request's Mcp-Method header matches
         # its body before anything is streamed back
-        event_stream = response.content_type == "text/event-stream"
-        long_lived = isinstance(response, web.WebSocketResponse) or (
-            event_stream and (request.method == "GET" or request.headers.get("Mcp-Method") == "subscriptions/listen")
-        )
-        if long_lived:
+        kind: str | None = None
+        if isinstance(response, web.WebSocketResponse):
+            kind = "websocket"
+        elif response.content_type == "text/event-stream":
+            if request.method == "GET":
+                kind = "sse"
+            elif request.headers.get("Mcp-Method") == "subscriptions/listen":
+                kind = "listen"
+        if kind is not None:
             self._streams[id(request)] = (request, response)
+            self._kinds[id(request)] = kind
 
     @property
     def busy(self) -> int:
@@ -90,6 +99,12 @@ class DrainTracker:
     @property
     def open_streams(self) -> int:
         return len(self._streams)
+
+    def streams_by_kind(self) -> dict[str, int]:
+        counts = dict.fromkeys(STREAM_KINDS, 0)
+        for kind in self._kinds.values():
+            counts[kind] += 1
+        return counts
 
     async def end_streams(self) -> int:
         """Close WebSockets with 1001 and finish SSE streams cleanly, all at once; returns how many were ended."""
@@ -148,7 +163,7 @@ async def drain(runner: web.AppRunner, tracker: DrainTracker, grace: float) -> N
     log.info("drained", in_flight_finished=finished, streams_ended=ended, cancelled=cancelled)
 
 
-def install_samplers(app: web.Application, runner: web.AppRunner) -> None:
+def install_samplers(app: web.Application, runner: web.AppRunner, tracker: DrainTracker) -> None:
     """Gauges read from live state at scrape time (and every few seconds, for the other workers' scrapes)."""
     metrics = app[METRICS]
 
@@ -159,7 +174,12 @@ def install_samplers(app: web.Application, runner: web.AppRunner) -> None:
         server = runner.server
         metrics.connections_open.set(len(server.connections) if server is not None else 0)
 
+    def streams() -> None:
+        for kind, count in tracker.streams_by_kind().items():
+            metrics.streams_open.labels(kind).set(count)
+
     metrics.add_sampler(sessions)
+    metrics.add_sampler(streams)
     metrics.add_sampler(connections)
 
 
@@ -171,7 +191,7 @@ async def serve(settings: Settings, reuse_port: bool = False) -> None:
     # handler_cancellation: a client that disconnects cancels its handler, which closes the upstream request.
     # shutdown_timeout only bounds what drain() left behind (normally nothing).
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=STREAM_CLOSE_SECONDS)
-    install_samplers(app, runner)
+    install_samplers(app, runner, tracker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

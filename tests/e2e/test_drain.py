@@ -105,6 +105,12 @@ async def test_sigterm_lets_in_flight_calls_finish_and_flushes_audit(tmp_path: P
             async with asyncio.timeout(20):
                 await asyncio.gather(*(ev.wait() for ev in starts))
             assert not any(t.done() for t in calls)  # every call is in flight at SIGTERM
+            # the raw client's and every SDK session's GET stream are open: the stream gauge counts them
+            expected = f'mcp_gateway_streams_open{{kind="sse"}} {float(CALLS + 1)}'
+            deadline = time.monotonic() + 10
+            while expected not in (await raw.get(f"{gw.base}/metrics")).text.splitlines():
+                assert time.monotonic() < deadline, "stream gauge never counted the open streams"
+                await asyncio.sleep(0.05)
 
             gw.proc.signal(signal.SIGTERM)
 

@@ -51,6 +51,11 @@ async def test_sigterm_closes_websockets_with_going_away(tmp_path: Path) -> None
             echoed = await ws.receive(timeout=10)
             assert json.loads(echoed.data)["params"] == {"v": 1}
 
+            # the open socket shows in the stream gauge (sampled at scrape time)
+            async with http.get(f"{gw.base}/metrics") as r:
+                metrics = await r.text()
+            assert 'mcp_gateway_streams_open{kind="websocket"} 1.0' in metrics.splitlines()
+
             gw.proc.signal(signal.SIGTERM)
             msg = await ws.receive(timeout=20)
             assert msg.type is aiohttp.WSMsgType.CLOSE
