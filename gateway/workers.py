@@ -68,6 +68,7 @@ class Worker:
     started: float = 0.0
     failed_starts: int = 0
     restart_at: float | None = None
+    asked_to_stop: bool = False
 
 
 class Supervisor:
@@ -93,6 +94,7 @@ class Supervisor:
         worker.proc = subprocess.Popen([sys.executable, "-m", "gateway.workers"], env=self._env(worker.index))
         worker.started = time.monotonic()
         worker.restart_at = None
+        worker.asked_to_stop = False
         log.info("worker started", worker=worker.index, pid=worker.proc.pid)
 
     def _mark_dead(self, pid: int) -> None:
@@ -145,6 +147,8 @@ class Supervisor:
             if w.proc is not None and w.proc.poll() is None:
                 with contextlib.suppress(ProcessLookupError):
                     w.proc.send_signal(sig)
+                if sig == signal.SIGTERM:
+                    w.asked_to_stop = True
 
     # ------------------------------------------------------------------ main loop
 
@@ -164,6 +168,12 @@ class Supervisor:
         return self._wait_stopped()
 
     def _wait_stopped(self) -> int:
+        # a worker being spawned when the stop signal arrived was not there to receive it
+        for w in self.workers:
+            if w.proc is not None and not w.asked_to_stop and w.proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.send_signal(signal.SIGTERM)
+                w.asked_to_stop = True
         deadline = time.monotonic() + self.settings.http.shutdown_grace_seconds + STOP_MARGIN_SECONDS
         codes: list[int] = []
         for w in self.workers:
