@@ -31,7 +31,7 @@ from gateway.errors import (
     SessionNotFound,
     error_payload,
 )
-from gateway.jsonrpc import Kind
+from gateway.jsonrpc import Envelope, Kind, Message
 from gateway.metrics import METRICS
 from gateway.policy.store import POLICY, Active
 from gateway.runtime import RUNTIME
@@ -42,7 +42,7 @@ from gateway.transports.legacy_bus import LEGACY_BUS
 from gateway.transports.metrics import TRANSPORT_METRICS
 from gateway.upstream.headers import client_response_headers
 from gateway.upstream.http import KEEPALIVE_COMMENT
-from gateway.upstream.legacy_sse import LIVE_STREAMS, LiveStream, rewrite_endpoint, session_id_of
+from gateway.upstream.legacy_sse import LIVE_STREAMS, LiveStream, Transform, rewrite_endpoint, session_id_of
 from gateway.upstream.routing import bound_session, resolve_upstream
 from gateway.upstream.sse import SseEvent, SseParser, encode_event
 
@@ -167,8 +167,8 @@ class LegacySseHandler:
                         if session_id is not None:
                             ctx.session_id = session_id
                             streams.add(ctx.server_name, session_id, live)
-                    elif live.pending and ev.is_message and ev.data:
-                        raw = _transformed(live, ev)
+                    elif ev.is_message and ev.data and '"tools"' in ev.data:
+                        raw = await self._filtered(ctx, live, ev)
                     async with live.lock:
                         await out.write(raw)
                     ctx.bytes_out += len(raw)
@@ -279,19 +279,61 @@ class LegacySseHandler:
         if delivered:
             self._app[TRANSPORT_METRICS].legacy_injected_errors.labels(ctx.server_name).inc()
 
+    async def _filtered(self, ctx: RequestContext, live: LiveStream, ev: SseEvent) -> bytes:
+        """A list answer on the stream, filtered for the stream's principal.
 
-def _transformed(live: LiveStream, ev: SseEvent) -> bytes:
-    assert ev.data is not None
-    try:
-        msg: Any = orjson.loads(ev.data)
-    except orjson.JSONDecodeError:
-        return ev.raw
-    if not isinstance(msg, dict) or "method" in msg:
-        return ev.raw
-    transform = live.pending.pop(msg.get("id"), None)
-    if transform is None:
-        return ev.raw
-    new = transform(msg)
-    if new is msg:
-        return ev.raw
-    return encode_event(data=orjson.dumps(new).decode(), event=ev.event, id=ev.id, retry=ev.retry)
+        The request's own transform is used when its POST came through this process. When the POST went to another
+        replica, this process never saw it, so it asks its own authz stage for the transform of a `tools/list` with
+        the answer's id (fail closed: a list is never relayed unfiltered)."""
+        assert ev.data is not None
+        try:
+            msg: Any = orjson.loads(ev.data)
+        except orjson.JSONDecodeError:
+            return ev.raw
+        if not isinstance(msg, dict) or "method" in msg or not isinstance(msg.get("result"), dict):
+            return ev.raw
+        if not isinstance(msg["result"].get("tools"), list):
+            return ev.raw
+        rpc_id = msg.get("id")
+        transform = live.pending.pop(rpc_id, None) if _valid_id(rpc_id) else None
+        if transform is None:
+            transform = await self._list_transform(ctx, rpc_id)
+        if transform is None:
+            return ev.raw
+        new = transform(msg)
+        if new is msg:
+            return ev.raw
+        return encode_event(data=orjson.dumps(new).decode(), event=ev.event, id=ev.id, retry=ev.retry)
+
+    async def _list_transform(self, ctx: RequestContext, rpc_id: Any) -> Transform | None:
+        active = self._app[POLICY].active
+        server = active.snapshot.servers.get(ctx.server_name)
+        if not _valid_id(rpc_id) or server is None:
+            return _drop_tools
+        synthetic = RequestContext(
+            request_id=ctx.request_id,
+            snapshot=active.snapshot,
+            server_name=ctx.server_name,
+            server=server,
+            client_ip=ctx.client_ip,
+            transport="sse",
+            http_method="POST",
+            headers=ctx.headers,
+            principal=ctx.principal,
+            message=Message([Envelope(Kind.REQUEST, rpc_id, "tools/list")]),
+        )
+        try:
+            # authz alone: this is not a request of its own (no limits, no audit record)
+            await active.chain.admit(synthetic, ("authz",))
+        except GatewayError:
+            return _drop_tools
+        return synthetic.transform
+
+
+def _valid_id(value: Any) -> bool:
+    return isinstance(value, str | int) and not isinstance(value, bool)
+
+
+def _drop_tools(msg: dict[str, Any]) -> dict[str, Any]:
+    """The principal may not list tools (any more): show none rather than all."""
+    return {**msg, "result": {**msg["result"], "tools": []}}

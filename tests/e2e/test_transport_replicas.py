@@ -61,6 +61,7 @@ def replicas(tmp_path_factory: pytest.TempPathFactory) -> Any:
         "transport": "sse",
     }
     policies["tenants.yaml"]["tenants"]["acme"]["servers"].append("legacy")
+    policies["tenants.yaml"]["tenants"]["acme"]["tools"] = {"deny": ["secret_admin_tool"]}
     policies["keys.yaml"] = {
         "keys": [
             {"id": kid, "hash": digest, "tenant": "acme", "scopes": ["read"] if kid == "ro" else ["read", "write"]}
@@ -202,4 +203,12 @@ async def test_legacy_sse_session_across_replicas(replicas: tuple[Gateway, Gatew
         assert r.status == 403
         refused = json.loads((await events.next_message()).data or "")
         assert refused == await r.json()
+        # B forwarded the tools/list; its answer arrives on A's stream, filtered for the caller all the same
+        r = await http.post(
+            b.base + endpoint.data, json={"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, headers=b.auth("ro")
+        )
+        assert r.status == 202
+        listed = json.loads((await events.next_message()).data or "")
+        names = {t["name"] for t in listed["result"]["tools"]}
+        assert "add" in names and "secret_admin_tool" not in names
         stream.close()

@@ -27,7 +27,9 @@ def _policies(up: Upstream) -> dict[str, Any]:
     legacy = {"upstreams": [{"url": up.url}], "owner": "acme", "transport": "sse"}
     return {
         "servers.yaml": {"servers": {"legacy": legacy, "legacy200": {**legacy, "compat_status_200": True}}},
-        "tenants.yaml": {"tenants": {"acme": {"servers": ["legacy", "legacy200"]}}},
+        "tenants.yaml": {
+            "tenants": {"acme": {"servers": ["legacy", "legacy200"], "tools": {"deny": ["secret_admin_tool"]}}}
+        },
         "keys.yaml": {"keys": []},
         "limits.yaml": {},
         "access.yaml": {"rules": []},
@@ -55,6 +57,7 @@ async def test_sdk_sse_client_end_to_end(legacy_env: tuple[Gateway, Upstream]) -
         assert init.serverInfo.name == "example"
         tools = {t.name for t in (await s.list_tools()).tools}
         assert {"add", "echo", "count"} <= tools
+        assert "secret_admin_tool" not in tools  # the answer came on the stream, filtered like any tools/list
         res = await s.call_tool("add", {"a": 2, "b": 40})
         assert res.content[0].text == "42"  # type: ignore[union-attr]
         res = await s.call_tool("count", {"n": 3, "delay": 0.05}, progress_callback=on_progress)
