@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from tests.perf.bench import check_issue_targets, per_round_ratios, summarize
 from tests.perf.profile import parse_collapsed, top
+from tests.perf.report import check_issue_targets, per_round_ratios, summarize
 from tests.perf.stats import (
     fmt,
     median,

@@ -1,0 +1,159 @@
+"""Diagnostics printed after the table: Redis commands per request, GC share, py-spy profile of the hot path."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from tests.harness import PYTHON, ROOT, Proc, start_redis, wait_port
+from tests.perf import profile as prof
+from tests.perf.measure import header_args, log, measure_json
+from tests.perf.targets import (
+    Target,
+    commands_delta,
+    gateway_target,
+    redis_commands,
+    start_bench_gateway,
+    wait_ready,
+)
+
+
+def measure_redis_round_trips(workdir: Path, upstream_port: int, duration: float) -> dict[str, Any]:
+    """Redis commands per tools/call, counted on a private redis-server that only this gateway talks to.
+
+    INFO commandstats also counts the commands a Lua script runs, so EVALSHA plus its inner GET/SET/TIME appear;
+    client round trips are EVALSHA and the plain commands.
+
+    The shared Redis of target (d) also serves other clients, so its counters cannot be attributed.
+    """
+    import redis
+
+    try:
+        inst = start_redis(workdir)
+    except (RuntimeError, TimeoutError) as exc:
+        return {"error": f"no private redis-server: {exc}"}
+    gw = None
+    try:
+        cfg = {"redis": {"url": inst.url, "key_prefix": "mgwbench:"}}
+        gw = start_bench_gateway(workdir, "redis_count", upstream_port, 64, cfg)
+        wait_ready(gw)
+        t = gateway_target("gw_redis_count", "gateway, private Redis", gw)
+        measure_json(t, 1, 0.5, 0.0)  # warm: sessions, scripts loaded, pools connected
+        client = redis.Redis.from_url(inst.url, socket_timeout=5)
+        before = redis_commands(client.info("commandstats"))
+        res = measure_json(t, 1, duration, 0.0)
+        after = redis_commands(client.info("commandstats"))
+        client.close()
+    except (RuntimeError, TimeoutError, redis.RedisError) as exc:
+        return {"error": f"{type(exc).__name__}: {exc}"}
+    finally:
+        if gw is not None:
+            gw.stop()
+        inst.stop()
+    if "error" in res or not res.get("requests"):
+        return {"error": res.get("error", "no requests completed")}
+    # the load generator's initialize + notifications/initialized also went through the chain
+    calls = int(res["requests"]) + 2
+    delta = commands_delta(before, after)
+    return {
+        "requests": calls,
+        "commands_per_request": {k: v / calls for k, v in delta.items()},
+        "total_per_request": sum(delta.values()) / calls,
+    }
+
+
+def measure_gc(workdir: Path, upstream_port: int, duration: float, warmup: float) -> dict[str, Any]:
+    """Share of the gateway's CPU spent in the cyclic GC under 32 connections, as is and with the tuning suggested.
+
+    The gateway runs under tests/perf/gc_probe.py (the same `gateway run`, plus gc.callbacks accounting).
+    """
+    out: dict[str, Any] = {}
+    for variant in ("default", "tuned"):
+        gw = start_bench_gateway(workdir, f"gc_{variant}", upstream_port, 64)
+        gw.stop()  # only its config, policies and port are reused, under the probe
+        stats_file = workdir / f"gc-{variant}.json"
+        argv = [PYTHON, "-m", "tests.perf.gc_probe", str(stats_file)]
+        argv += (["--tuned"] if variant == "tuned" else []) + ["--", "run", "--config", str(gw.config_path)]
+        gw.proc = Proc(argv, workdir / f"gc-{variant}.log").start()
+        snaps = [stats_file.with_name(f"{stats_file.name}.{i}") for i in (1, 2)]
+        try:
+            wait_port(gw.port, proc=gw.proc.popen, log=gw.proc.log)
+            wait_ready(gw)
+            target = gateway_target(variant, variant, gw)
+            measure_json(target, 32, max(warmup, 0.5), 0.0)  # warm: connections, caches, first collections
+            gw.proc.signal(signal.SIGUSR1)
+            res = measure_json(target, 32, duration, 0.0)
+            gw.proc.signal(signal.SIGUSR1)
+            deadline = time.monotonic() + 10
+            while not snaps[1].exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        except (RuntimeError, TimeoutError) as exc:
+            out[variant] = {"error": str(exc)[-300:]}
+            continue
+        finally:
+            gw.proc.stop()
+        if "error" in res or not all(p.exists() for p in snaps):
+            out[variant] = {"error": res.get("error", "no GC snapshots written")}
+            continue
+        before, after = (orjson.loads(p.read_bytes()) for p in snaps)
+        gens = {
+            g: {k: after["generations"][g][k] - before["generations"][g][k] for k in ("collections", "seconds")}
+            for g in after["generations"]
+        }
+        gc_s = sum(v["seconds"] for v in gens.values())
+        cpu_s = after["cpu_seconds"] - before["cpu_seconds"]
+        requests = int(res["requests"]) + 2  # + initialize and notifications/initialized
+        out[variant] = {
+            "gc_share_of_cpu": gc_s / cpu_s if cpu_s > 0 else math.nan,
+            "gc_us_per_request": gc_s / requests * 1e6,
+            "cpu_us_per_request": cpu_s / requests * 1e6,
+            "generations": gens,
+            "thresholds": after["thresholds"],
+            "live_objects": after["live_objects"],
+            "rps_single_sample": res["rps"],
+            "p99_ms_single_sample": res["p99_ms"],
+        }
+    return out
+
+
+def run_profile(t: Target, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """py-spy on the embedded gateway while the load generator drives it at 32 connections."""
+    py_spy = prof.find_py_spy()
+    if py_spy is None or t.pid is None:
+        return {"status": "py-spy not installed (.venv/bin/pip install py-spy)"}
+    log(f"profiling {t.name} for {args.profile_seconds:.0f}s under 32 connections")
+    out = workdir / f"profile-{t.name}.txt"
+    argv = [PYTHON, "-m", "tests.perf.loadgen", "json", t.json_url, "--conns", "32", "--warmup", "0"]
+    argv += ["--duration", str(args.profile_seconds + 3), *header_args(t)]
+    load = Proc(argv, workdir / f"profile-load-{t.name}.log").start()
+    try:
+        time.sleep(1.0)
+        ok, msg = prof.record(py_spy, t.pid, args.profile_seconds, out)
+    finally:
+        load.stop(timeout=args.profile_seconds + 30)
+    if not ok:
+        return {"status": msg}
+    parsed = prof.parse_collapsed(out.read_text())
+    total = int(parsed["samples"])
+    saved = args.output.parent / f"profile-{t.name}.collapsed.txt"
+    saved.write_text(out.read_text())
+    return {
+        "status": "ok",
+        "samples": total,
+        "collapsed_stacks": str(saved.relative_to(ROOT)) if saved.is_relative_to(ROOT) else str(saved),
+        "threads": prof.top(parsed["threads"], total, 10),
+        "main_thread_samples": sum(parsed["main_self"].values()),
+        "top_self_main_thread": prof.top(parsed["main_self"], sum(parsed["main_self"].values()), 30),
+        "top_self": prof.top(parsed["self"], total, 30),
+        "top_inclusive": prof.top(parsed["inclusive"], total, 40),
+        # where the gateway's own code spends (callees included): chain stages, observers, forwarder
+        "top_inclusive_gateway": [
+            row for row in prof.top(parsed["inclusive"], total, 400) if "(gateway/" in row["function"]
+        ][:25],
+    }

@@ -1,0 +1,179 @@
+"""The benchmark's figures: medians across rounds, paired per-round ratios, issue 9 verdicts, the printed table."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from tests.perf.stats import fmt, median, ratio
+
+Raw = dict[str, dict[str, list[dict[str, Any]]]]  # scenario -> target -> one result per round
+
+GATEWAYS = ("gw_embedded", "gw_redis_pg", "gw_workers2")
+
+
+def summarize(raw: Raw) -> dict[str, dict[str, dict[str, float]]]:
+    """Per scenario and target: median across rounds of each figure (failed rounds are left out)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for scen, per_target in raw.items():
+        out[scen] = {}
+        for name, rounds in per_target.items():
+            ok = [r for r in rounds if "error" not in r]
+            keys = ("rps", "p50_ms", "p99_ms") if scen != "sse" else ("p50_ms", "p99_ms", "max_ms")
+            fig = {k: median([float(r[k]) for r in ok if r.get(k) is not None]) for k in keys}
+            fig["ok_rounds"] = float(len(ok))
+            fig["errors"] = float(sum(int(r.get("errors", 0)) for r in ok))
+            out[scen][name] = fig
+    return out
+
+
+def per_round_ratios(raw: Raw) -> dict[str, float]:
+    """Medians of ratios taken within each round (paired measurements)."""
+
+    def paired(scen: str, a: str, b: str, key: str, op: str) -> float:
+        ra, rb = raw.get(scen, {}).get(a, []), raw.get(scen, {}).get(b, [])
+        vals = []
+        for x, y in zip(ra, rb, strict=False):
+            if "error" in x or "error" in y or x.get(key) is None or y.get(key) is None:
+                continue
+            vals.append(ratio(float(x[key]), float(y[key])) if op == "/" else float(x[key]) - float(y[key]))
+        return median(vals)
+
+    out: dict[str, float] = {}
+    for gw in GATEWAYS:
+        for base in ("direct", "bare"):
+            for scen in ("json_c1", "json_c32"):
+                out[f"{gw}_vs_{base}_rps_{scen}"] = paired(scen, gw, base, "rps", "/")
+        out[f"{gw}_added_p50_ms_c1"] = paired("json_c1", gw, "direct", "p50_ms", "-")
+        out[f"{gw}_added_p50_ms_vs_bare_c1"] = paired("json_c1", gw, "bare", "p50_ms", "-")
+    # what a second worker buys over one, same backends
+    out["gw_workers2_vs_gw_redis_pg_rps_json_c32"] = paired("json_c32", "gw_workers2", "gw_redis_pg", "rps", "/")
+    out["bare_vs_direct_rps_json_c32"] = paired("json_c32", "bare", "direct", "rps", "/")
+    out["bare_added_p50_ms_c1"] = paired("json_c1", "bare", "direct", "p50_ms", "-")
+    return out
+
+
+ISSUE_TARGETS = {
+    "gw_embedded_vs_bare_c32": 0.9,
+    "gw_redis_pg_vs_bare_c32": 0.75,
+    "added_p50_ms_c1": 1.0,
+    "sse_p99_ms": 5.0,
+    "rss_10k_streams_mib": 1024.0,
+}
+
+
+def check_issue_targets(
+    ratios: dict[str, float], summary: dict[str, dict[str, dict[str, float]]], memory: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
+    def entry(value: float, goal: float, higher_is_better: bool) -> dict[str, Any]:
+        met = None if math.isnan(value) else (value >= goal if higher_is_better else value < goal)
+        return {"value": value, "goal": goal, "met": met}
+
+    g = ISSUE_TARGETS
+    gw_mem = memory.get("gw_embedded", {})
+    sse_p99 = summary.get("sse", {}).get("gw_embedded", {}).get("p99_ms", math.nan)
+    return {
+        "gw_embedded_vs_bare_c32": entry(
+            ratios.get("gw_embedded_vs_bare_rps_json_c32", math.nan), g["gw_embedded_vs_bare_c32"], True
+        ),
+        "gw_redis_pg_vs_bare_c32": entry(
+            ratios.get("gw_redis_pg_vs_bare_rps_json_c32", math.nan), g["gw_redis_pg_vs_bare_c32"], True
+        ),
+        "added_p50_ms_c1": entry(ratios.get("gw_embedded_added_p50_ms_c1", math.nan), g["added_p50_ms_c1"], False),
+        "sse_p99_ms": entry(sse_p99, g["sse_p99_ms"], False),
+        "rss_10k_streams_mib": entry(float(gw_mem.get("projected_10k_mib", math.nan)), g["rss_10k_streams_mib"], False),
+    }
+
+
+def render_table(
+    labels: dict[str, str],
+    summary: dict[str, dict[str, dict[str, float]]],
+    ratios: dict[str, float],
+    memory: dict[str, Any],
+    checks: dict[str, dict[str, Any]],
+    unavailable: dict[str, str],
+) -> str:
+    lines: list[str] = []
+    add = lines.append
+    for scen, title in (("json_c1", "tools/call, 1 connection"), ("json_c32", "tools/call, 32 connections")):
+        add(f"\n== {title} (medians across rounds)")
+        add(f"{'target':<44}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'errors':>8}{'rounds':>8}")
+        for name, fig in summary.get(scen, {}).items():
+            add(
+                f"{labels[name]:<44}{fmt(fig['rps'], 0):>10}{fmt(fig['p50_ms'], 3):>9}{fmt(fig['p99_ms'], 3):>9}"
+                f"{int(fig['errors']):>8}{int(fig['ok_rounds']):>8}"
+            )
+    add("\n== SSE relay latency (upstream write -> client read)")
+    add(f"{'target':<44}{'p50 ms':>9}{'p99 ms':>9}{'max ms':>9}")
+    for name, fig in summary.get("sse", {}).items():
+        add(f"{labels[name]:<44}{fmt(fig['p50_ms'], 3):>9}{fmt(fig['p99_ms'], 3):>9}{fmt(fig['max_ms'], 3):>9}")
+    add("\n== ratios (medians of per-round ratios)")
+    for gw in GATEWAYS:
+        if gw not in summary.get("json_c32", {}):
+            continue
+        add(
+            f"{labels[gw]:<44} c32 x/direct {fmt(ratios[f'{gw}_vs_direct_rps_json_c32'])}"
+            f"  x/bare {fmt(ratios[f'{gw}_vs_bare_rps_json_c32'])}"
+        )
+        if gw == "gw_workers2":
+            add(f"{'':<44} c32 x/one worker (d) {fmt(ratios['gw_workers2_vs_gw_redis_pg_rps_json_c32'])}")
+        if gw in summary.get("json_c1", {}):
+            add(
+                f"{'':<44} c1  x/direct {fmt(ratios[f'{gw}_vs_direct_rps_json_c1'])}"
+                f"  x/bare {fmt(ratios[f'{gw}_vs_bare_rps_json_c1'])}"
+                f"  added p50 over direct {fmt(ratios[f'{gw}_added_p50_ms_c1'], 3)} ms"
+            )
+    add(
+        f"{labels['bare']:<44} c32 x/direct {fmt(ratios['bare_vs_direct_rps_json_c32'])}"
+        f"  added p50 c1 {fmt(ratios['bare_added_p50_ms_c1'], 3)} ms"
+    )
+    add("\n== idle SSE streams held by one process")
+    for name, m in memory.items():
+        if "kib_per_stream" in m:
+            add(
+                f"{labels[name]:<44} {m['ready']} streams ({m['failed']} failed): "
+                f"RSS {m['rss_before_kib'] / 1024:.0f} -> {m['rss_after_kib'] / 1024:.0f} MiB, "
+                f"{m['kib_per_stream']:.1f} KiB/stream, projected 10k streams {m['projected_10k_mib']:.0f} MiB"
+            )
+        else:
+            add(f"{labels[name]:<44} {m.get('error', m)}")
+    for name, why in unavailable.items():
+        add(f"\n{name}: NOT AVAILABLE ({why})")
+    add("\n== issue 9 targets")
+    for key, c in checks.items():
+        verdict = {True: "met", False: "NOT met", None: "not measured"}[c["met"]]
+        add(f"{key:<28} {fmt(c['value'], 3):>10}  goal {c['goal']:<8} {verdict}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ main
+
+
+def render_diagnostics(
+    labels: dict[str, str], redis_calls: dict[str, Any], gc_stats: dict[str, Any], profile: dict[str, Any]
+) -> str:
+    lines = [f"Redis commands per tools/call (private Redis): {redis_calls}"]
+    add = lines.append
+    for variant, g in gc_stats.items():
+        if "error" in g:
+            add(f"GC ({variant}): {g['error']}")
+            continue
+        gens = ", ".join(
+            f"gen{k} {v['collections']}x {v['seconds'] * 1000:.0f} ms" for k, v in g["generations"].items()
+        )
+        add(
+            f"GC ({variant}, thresholds {g['thresholds']}): {g['gc_share_of_cpu']:.1%} of the gateway's CPU, "
+            f"{g['gc_us_per_request']:.0f} of {g['cpu_us_per_request']:.0f} CPU us/request ({gens}); "
+            f"single-sample {g['rps_single_sample']:.0f} req/s"
+        )
+    for name, pr in profile.items():
+        if not pr.get("top_self"):
+            add(f"\nprofile of {labels[name]}: {pr.get('status')}")
+            continue
+        add(f"\n== py-spy profile of {labels[name]} under 32 connections")
+        add("samples by thread: " + ", ".join(f"{r['function']} {r['share']:.0%}" for r in pr["threads"]))
+        add("top self time in the event-loop thread (share of that thread's samples):")
+        lines.extend(f"{row['share'] * 100:6.1f}%  {row['function']}" for row in pr["top_self_main_thread"][:15])
+        add("gateway code, inclusive of callees (share of all samples):")
+        lines.extend(f"{row['share'] * 100:6.1f}%  {row['function']}" for row in pr["top_inclusive_gateway"][:15])
+    return "\n".join(lines)
