@@ -31,7 +31,15 @@ import orjson
 from tests.harness import ROOT, Gateway
 from tests.perf.diagnostics import measure_gc, measure_redis_round_trips, run_profile
 from tests.perf.measure import log, measure_idle_streams, measure_json, measure_sse, raise_fd_limit
-from tests.perf.report import Raw, check_issue_targets, per_round_ratios, render_diagnostics, render_table, summarize
+from tests.perf.report import (
+    Raw,
+    check_issue_targets,
+    per_round_ratios,
+    render_diagnostics,
+    render_markdown,
+    render_table,
+    summarize,
+)
 from tests.perf.targets import (
     Backends,
     Target,
@@ -306,6 +314,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+        args.output.with_suffix(".md").write_text(render_markdown(orjson.loads(orjson.dumps(result))))
         log(f"wrote {args.output} in {time.monotonic() - started:.0f}s")
         return 0
     finally:

@@ -177,3 +177,61 @@ def render_diagnostics(
         add("gateway code, inclusive of callees (share of all samples):")
         lines.extend(f"{row['share'] * 100:6.1f}%  {row['function']}" for row in pr["top_inclusive_gateway"][:15])
     return "\n".join(lines)
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    """The figures of one run as Markdown tables (written next to the JSON, for the README and docs)."""
+    m = result["machine"]
+    med = result["medians"]
+    r = result["ratios"]
+    # JSON keys come back sorted; the labels' "(a)".."(e)" give the table its order
+    labels = dict(sorted(((n, t["label"]) for n, t in result["targets"].items()), key=lambda kv: kv[1]))
+
+    def cell(scen: str, name: str, key: str, digits: int) -> str:
+        return fmt(med.get(scen, {}).get(name, {}).get(key, math.nan), digits)
+
+    out = [
+        f"Run of {m['date']} (commit {m['git_commit']}): {m['nproc']} CPUs ({m['cpu']}), Python {m['python']}, "
+        f"aiohttp {m['aiohttp']}, {m['rounds']} rounds x {m['duration_s']} s, load average at start "
+        f"{m['loadavg_at_start'][0]}.",
+        "",
+        "| target | c1 req/s | c1 p50 ms | c1 p99 ms | c32 req/s | c32 p50 ms | c32 p99 ms | SSE p50 ms | SSE p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, label in labels.items():
+        out.append(
+            f"| {label} | {cell('json_c1', name, 'rps', 0)} | {cell('json_c1', name, 'p50_ms', 3)} "
+            f"| {cell('json_c1', name, 'p99_ms', 1)} | {cell('json_c32', name, 'rps', 0)} "
+            f"| {cell('json_c32', name, 'p50_ms', 1)} | {cell('json_c32', name, 'p99_ms', 1)} "
+            f"| {cell('sse', name, 'p50_ms', 2)} | {cell('sse', name, 'p99_ms', 2)} |"
+        )
+    out += [
+        "",
+        "| gateway | c32 x/direct | c32 x/bare | c1 x/bare | added p50 over direct, c1 (ms) |",
+        "|---|---|---|---|---|",
+    ]
+    for gw in GATEWAYS:
+        if gw in labels:
+            out.append(
+                f"| {labels[gw]} | {fmt(r.get(f'{gw}_vs_direct_rps_json_c32', math.nan))} "
+                f"| {fmt(r.get(f'{gw}_vs_bare_rps_json_c32', math.nan))} "
+                f"| {fmt(r.get(f'{gw}_vs_bare_rps_json_c1', math.nan))} "
+                f"| {fmt(r.get(f'{gw}_added_p50_ms_c1', math.nan), 3)} |"
+            )
+    out.append(
+        f"| (b) bare proxy, for reference | {fmt(r.get('bare_vs_direct_rps_json_c32', math.nan))} | 1 | 1 "
+        f"| {fmt(r.get('bare_added_p50_ms_c1', math.nan), 3)} |"
+    )
+    mem = result["idle_streams"].get("gw_embedded", {})
+    if "kib_per_stream" in mem:
+        out += [
+            "",
+            f"Idle SSE streams held by one gateway worker: {mem['ready']} streams, RSS "
+            f"{mem['rss_before_kib'] / 1024:.0f} -> {mem['rss_after_kib'] / 1024:.0f} MiB, "
+            f"{mem['kib_per_stream']:.1f} KiB per stream, {mem['projected_10k_mib']:.0f} MiB projected for 10,000.",
+        ]
+    out += ["", "| issue 9 target | goal | measured | met |", "|---|---|---|---|"]
+    for key, c in result["issue_targets"].items():
+        verdict = {True: "yes", False: "**no**", None: "not measured"}[c["met"]]
+        out.append(f"| {key} | {c['goal']} | {fmt(c['value'], 3)} | {verdict} |")
+    return "\n".join(out) + "\n"

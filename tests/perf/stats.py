@@ -68,8 +68,8 @@ def parse_vmrss_kib(status_text: str) -> int:
     raise ValueError("no VmRSS line in /proc status text")
 
 
-def fmt(value: float, digits: int = 2) -> str:
-    """A table cell: fixed digits, '-' for a missing figure."""
-    if math.isnan(value):
+def fmt(value: float | None, digits: int = 2) -> str:
+    """A table cell: fixed digits, '-' for a missing figure (NaN here, null once read back from JSON)."""
+    if value is None or math.isnan(value):
         return "-"
     return f"{value:.{digits}f}"

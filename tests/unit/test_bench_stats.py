@@ -49,6 +49,7 @@ def test_ratio_and_missing_figures() -> None:
     assert math.isnan(ratio(1.0, 0.0))
     assert math.isnan(ratio(math.nan, 1.0))
     assert fmt(math.nan) == "-"
+    assert fmt(None) == "-"  # NaN comes back from JSON as null
     assert fmt(0.91234, 3) == "0.912"
 
 
