@@ -81,7 +81,7 @@ class LimiterBackend:
                 self._degrade("decide", exc)
             else:
                 if verdict.hold is not None:
-                    self._held[verdict.hold.member] = verdict.hold
+                    self._hold(verdict.hold)
                 return verdict
         return self._local(tiers, slots, slot_ttl, fail_mode, fallback_share)
 
@@ -105,12 +105,17 @@ class LimiterBackend:
             verdict = self.memory.decide_now(_scaled(tiers, fallback_share), slots, slot_ttl)
             verdict.backend = "fallback"
         if verdict.hold is not None:
-            self._held[verdict.hold.member] = verdict.hold
+            self._hold(verdict.hold)
         return verdict
+
+    def _hold(self, hold: SlotHold) -> None:
+        self._held[hold.member] = hold
+        self.metrics.slots_held.set(len(self._held))
 
     def release(self, hold: SlotHold) -> None:
         """Synchronous (runs in the chain's `finally`): memory slots go at once, Redis slots in a task."""
         self._held.pop(hold.member, None)
+        self.metrics.slots_held.set(len(self._held))
         if hold.store != "redis":
             self.memory.release_now(hold)
             return

@@ -286,6 +286,7 @@ async def test_concurrent_tool_calls_are_capped_per_key(tmp_path: Path, redis_ur
             assert body["error"]["code"] == -31031
             assert body["error"]["data"]["limit"] == "key_calls"
             assert "Retry-After" in h
+            assert await metric(http, gw, "mcp_gateway_ratelimit_slots_held") == 1
             # other requests are not capped
             status, _, _ = await post(http, gw.url(), {"jsonrpc": "2.0", "id": 3, "method": "tools/list"}, sess)
             assert status == 200
