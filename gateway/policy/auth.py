@@ -27,6 +27,11 @@ def _loopback(host: str | None) -> bool:
         return False
 
 
+def _tls_or_loopback(url: str) -> bool:
+    parts = urlsplit(url)
+    return bool(parts.hostname) and (parts.scheme == "https" or (parts.scheme == "http" and _loopback(parts.hostname)))
+
+
 class JwtClaims(Model):
     """Which claims carry the tenant, subject, role and scopes (dotted paths reach into nested objects)."""
 
@@ -64,13 +69,19 @@ class JwtPolicy(Model):
     @field_validator("jwks_url")
     @classmethod
     def _jwks_https(cls, v: str | None) -> str | None:
-        if v is None:
-            return v
-        parts = urlsplit(v)
         # SSRF and key substitution: keys come over TLS, plain HTTP only from loopback (development, tests)
-        if parts.scheme == "https" or (parts.scheme == "http" and _loopback(parts.hostname)):
-            return v
-        raise ValueError("jwks_url must be https:// (http:// only for a loopback host)")
+        if v is not None and not _tls_or_loopback(v):
+            raise ValueError("jwks_url must be https:// (http:// only for a loopback host)")
+        return v
+
+    @field_validator("authorization_servers")
+    @classmethod
+    def _as_https(cls, v: list[str]) -> list[str]:
+        # clients fetch these (RFC 8414 metadata); OAuth 2.1 wants TLS for every authorization server
+        for url in v:
+            if not _tls_or_loopback(url):
+                raise ValueError(f"authorization server {url!r} must be https:// (http:// only for loopback)")
+        return v
 
     @model_validator(mode="after")
     def _key_source(self) -> JwtPolicy:

@@ -30,7 +30,13 @@ def _check_cidrs(policy: PolicySet) -> list[PolicyProblem]:
     return out
 
 
-CHECKERS: list[Checker] = [_check_cidrs]
+def _check_identity(policy: PolicySet) -> list[PolicyProblem]:
+    from gateway.auth.checks import check_identity
+
+    return check_identity(policy)
+
+
+CHECKERS: list[Checker] = [_check_cidrs, _check_identity]
 
 
 def run_compile_checks(policy: PolicySet) -> list[PolicyProblem]:

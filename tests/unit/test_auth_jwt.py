@@ -178,3 +178,25 @@ async def test_fuzzed_tokens_only_ever_refused_cleanly(parts: list[str]) -> None
     with pytest.raises(Unauthenticated) as info:
         await verifier().verify(".".join(parts))
     assert info.value.status == 401
+
+
+def test_offline_checks_of_identity_policy(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.policy.compilers import run_compile_checks
+    from gateway.policy.model import PolicySet
+
+    def servers(secret_ref: dict[str, str]) -> PolicySet:
+        auth = {"methods": ["jwt"], "jwt": {"issuer": "i", "algorithms": ["HS256"], "hs_secret": secret_ref}}
+        up = [{"url": "http://127.0.0.1:1/mcp"}]
+        return PolicySet.model_validate({"servers": {"servers": {"s": {"upstreams": up, "auth": auth}}}})
+
+    monkeypatch.delenv("MGW_TEST_HS", raising=False)
+    problems = run_compile_checks(servers({"env": "MGW_TEST_HS"}))
+    assert [(p.path, p.reason) for p in problems] == [
+        ("servers.s.auth.jwt.hs_secret", "environment variable MGW_TEST_HS is not set")
+    ]
+    monkeypatch.setenv("MGW_TEST_HS", "short")
+    assert [p.reason for p in run_compile_checks(servers({"env": "MGW_TEST_HS"}))] == ["shorter than 32 bytes"]
+    monkeypatch.setenv("MGW_TEST_HS", "x" * 32)
+    assert run_compile_checks(servers({"env": "MGW_TEST_HS"})) == []
+    with pytest.raises(ValidationError, match="authorization server"):
+        JwtPolicy.model_validate({"issuer": "i", "jwks_url": "https://j", "authorization_servers": ["http://as"]})
