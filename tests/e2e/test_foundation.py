@@ -372,10 +372,12 @@ async def test_client_disconnect_closes_the_upstream_request(env: Env) -> None:
     try:
         async with client.stream("POST", url, headers=env.headers(**{"Mcp-Session-Id": sid}), json=call) as resp:
             assert resp.status_code == 200
+            # hold the iterator: an abandoned `async for` generator is finalized at once, and httpx then closes
+            # the connection itself, before the moment this test chooses
+            lines = resp.aiter_lines()
             async with asyncio.timeout(DEADLINE):
-                async for line in resp.aiter_lines():
-                    if line.startswith("data:") and "notifications/progress" in line:
-                        break
+                while not ((line := await anext(lines)).startswith("data:") and "notifications/progress" in line):
+                    pass
             # the upstream is blocked mid-call, holding the one live connection
             assert upstream_connections(env.gw, env.gated.port) == 1
             in_flight = metric(await scrape(env.gw), "mcp_gateway_in_flight_requests")
