@@ -74,6 +74,7 @@ async def run_json(url: str, headers: dict[str, str], conns: int, duration: floa
     errors = 0
     error_sample = ""
     ids = itertools.count(1)
+    served = 2  # initialize + notifications/initialized; then every answered request, warm-up included
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         hdrs = await initialize(session, url, {**_JSON_HEADERS, **headers})
         start = time.perf_counter()
@@ -81,7 +82,7 @@ async def run_json(url: str, headers: dict[str, str], conns: int, duration: floa
         stop_at = measure_from + duration
 
         async def worker() -> None:
-            nonlocal errors, error_sample
+            nonlocal errors, error_sample, served
             args = {"name": "echo", "arguments": {"text": "hello"}}
             while True:
                 t0 = time.perf_counter()
@@ -94,6 +95,7 @@ async def run_json(url: str, headers: dict[str, str], conns: int, duration: floa
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     ok, body = False, repr(exc).encode()
                 t1 = time.perf_counter()
+                served += 1
                 if t0 < measure_from:
                     continue
                 if ok:
@@ -106,6 +108,7 @@ async def run_json(url: str, headers: dict[str, str], conns: int, duration: floa
         elapsed = time.perf_counter() - measure_from
     return {
         "requests": len(latencies),
+        "served": served,
         "errors": errors,
         "error_sample": error_sample,
         "elapsed_s": elapsed,

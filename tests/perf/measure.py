@@ -15,8 +15,10 @@ from typing import Any
 import orjson
 
 from tests.harness import PYTHON, ROOT
-from tests.perf.stats import parse_vmrss_kib, rss_per_stream
-from tests.perf.targets import Target
+from tests.perf.stats import parse_proc_cpu_ticks, parse_vmrss_kib, rss_per_stream
+from tests.perf.targets import Target, process_group
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def log(msg: str) -> None:
@@ -51,9 +53,27 @@ def header_args(t: Target) -> list[str]:
     return [a for k, v in t.headers.items() for a in ("--header", f"{k}: {v}")]
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """CPU time (user + system) the processes have used so far; processes that are gone count 0."""
+    ticks = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            ticks += parse_proc_cpu_ticks(Path(f"/proc/{pid}/stat").read_text())
+    return ticks / _CLK_TCK
+
+
 def measure_json(t: Target, conns: int, duration: float, warmup: float) -> dict[str, Any]:
+    """Throughput and latency, plus the target's own CPU time per request (a figure a busy machine barely moves:
+    it is what the target costs, not how much CPU it managed to get)."""
     args = ["json", t.json_url, "--conns", str(conns), "--duration", str(duration), "--warmup", str(warmup)]
-    return run_loadgen(args + header_args(t), timeout=duration + warmup + 60)
+    # the target's process group: a gateway's supervisor and workers, or the single process
+    pids = process_group(t.pid) if t.pid is not None else []
+    before = cpu_seconds(pids)
+    res = run_loadgen(args + header_args(t), timeout=duration + warmup + 60)
+    used = cpu_seconds(pids) - before
+    if "error" not in res and res.get("served"):
+        res["cpu_us_per_request"] = used / int(res["served"]) * 1e6
+    return res
 
 
 def measure_sse(t: Target, events: int, deadline: float) -> dict[str, Any]:

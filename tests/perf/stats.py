@@ -73,3 +73,10 @@ def fmt(value: float | None, digits: int = 2) -> str:
     if value is None or math.isnan(value):
         return "-"
     return f"{value:.{digits}f}"
+
+
+def parse_proc_cpu_ticks(stat_text: str) -> int:
+    """utime + stime (clock ticks) from the text of /proc/<pid>/stat (the command name may hold spaces)."""
+    fields = stat_text[stat_text.rindex(")") + 2 :].split()
+    # fields[0] is the state (field 3 of the man page); utime and stime are fields 14 and 15
+    return int(fields[11]) + int(fields[12])

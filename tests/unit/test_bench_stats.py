@@ -12,6 +12,7 @@ from tests.perf.report import check_issue_targets, per_round_ratios, summarize
 from tests.perf.stats import (
     fmt,
     median,
+    parse_proc_cpu_ticks,
     parse_vmrss_kib,
     percentile,
     ratio,
@@ -70,8 +71,8 @@ def test_rss_parsing_and_per_stream_delta() -> None:
         rss_per_stream(1, 2, 0)
 
 
-def _round(rps: float, p50: float) -> dict[str, float]:
-    return {"rps": rps, "p50_ms": p50, "p99_ms": p50 * 2, "errors": 0}
+def _round(rps: float, p50: float, cpu_us: float = 100.0) -> dict[str, float]:
+    return {"rps": rps, "p50_ms": p50, "p99_ms": p50 * 2, "cpu_us_per_request": cpu_us, "errors": 0}
 
 
 def test_ratios_pair_measurements_of_the_same_round() -> None:
@@ -85,7 +86,7 @@ def test_ratios_pair_measurements_of_the_same_round() -> None:
         "json_c32": {
             "direct": [_round(10000, 2), _round(5000, 4)],
             "bare": [_round(6000, 3), _round(3000, 6)],
-            "gw_embedded": [_round(3000, 6), _round(1500, 12)],
+            "gw_embedded": [_round(3000, 6, 250), _round(1500, 12, 310)],
         },
     }
     r = per_round_ratios(raw)
@@ -93,6 +94,7 @@ def test_ratios_pair_measurements_of_the_same_round() -> None:
     assert r["gw_embedded_vs_direct_rps_json_c32"] == pytest.approx(0.3)
     assert r["gw_embedded_added_p50_ms_c1"] == pytest.approx(0.55)
     assert r["bare_added_p50_ms_c1"] == pytest.approx(0.15)
+    assert r["gw_embedded_vs_bare_cpu_per_request_json_c32"] == pytest.approx(2.8)  # median of 2.5 and 3.1
     assert math.isnan(r["gw_redis_pg_vs_bare_rps_json_c32"])  # target absent: no figure, not zero
 
 
@@ -122,6 +124,9 @@ def test_issue_targets_verdicts() -> None:
     assert checks["added_p50_ms_c1"]["met"] is True
     assert checks["sse_p99_ms"]["met"] is False
     assert checks["rss_10k_streams_mib"]["met"] is True
+    assert checks["gw_embedded_cpu_vs_bare_c32"]["met"] is None  # no CPU figures given
+    cpu = check_issue_targets({"gw_embedded_vs_bare_cpu_per_request_json_c32": 1.11}, summary, {})
+    assert cpu["gw_embedded_cpu_vs_bare_c32"] == {"value": 1.11, "goal": 1.11, "met": True}
     assert check_issue_targets({}, {}, {})["gw_embedded_vs_bare_c32"]["met"] is None
 
 
@@ -164,3 +169,9 @@ def test_redis_commandstats_delta_per_command() -> None:
         {"cmdstat_evalsha": {"calls": 30}, "cmdstat_get": {"calls": 3}, "cmdstat_set": {"calls": 4}, "uptime": 9}
     )
     assert commands_delta(before, after) == {"evalsha": 20, "set": 4}
+
+
+def test_proc_stat_cpu_ticks_survive_spaces_in_the_command_name() -> None:
+    # pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime ...
+    stat = "4242 (python -m gw) S 1 4242 4242 0 -1 4194560 100 0 0 0 731 269 0 0 20 0 3 0 5000\n"
+    assert parse_proc_cpu_ticks(stat) == 1000
