@@ -21,6 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
+from gateway.auth.keyrecord import tool_matcher
 from gateway.auth.principal import Principal
 from gateway.auth.scopes import required_scope, scope_allows
 from gateway.auth.state import AUTH, metadata_url
@@ -147,6 +148,11 @@ class Authz:
                 self._reach[name] = None
             else:
                 self._reach[name] = frozenset(allowed | set(server.shared_with))
+        # keys.yaml keys' own rules, for principals built without them (`mcp-gateway explain`); authn puts the
+        # rules of the key it verified on the principal itself (PostgreSQL keys included)
+        self._key_tools: dict[str, ToolMatcher | None] = {
+            kid: tool_matcher(k.tools.allow, k.tools.deny, k.tools.mode == "shadow") for kid, k in snapshot.keys.items()
+        }
         self._tenant_tools: dict[str, ToolMatcher | None] = {
             name: _matcher(t.tools, "tenant") for name, t in snapshot.tenants.items()
         }
@@ -197,6 +203,9 @@ class Authz:
                 raise self._deny(ctx, f"tenant may not use server {server!r}", "server_not_allowed")
         policy: ToolPolicy | None = None
         list_ids: list[JsonRpcId] = []
+        own_rules = principal.tools
+        if own_rules is None and principal.key_id is not None:
+            own_rules = self._key_tools.get(principal.key_id)
         for env in ctx.envelopes:
             if env.kind is not Kind.REQUEST or env.method is None:
                 continue
@@ -211,7 +220,7 @@ class Authz:
                 continue
             if policy is None:
                 policy = self.tool_policy(server, principal)
-            verdict = policy.verdict(tool, principal.tools)
+            verdict = policy.verdict(tool, own_rules)
             if verdict.shadow_denied_by:
                 self._shadow(ctx, tool, verdict.shadow_denied_by)
             if not verdict.allowed:
@@ -219,7 +228,7 @@ class Authz:
                 raise self._deny(ctx, f"tool {tool!r} is not allowed", "tool_denied")
         if list_ids:
             policy = policy or self.tool_policy(server, principal)
-            extra = principal.tools if principal.tools is not None and not principal.tools.shadow else None
+            extra = own_rules if own_rules is not None and not own_rules.shadow else None
             ids = frozenset(list_ids)
             transform = _list_filter(policy, extra, ids) if policy.filters_lists or extra is not None else None
             if server in self._trusted:

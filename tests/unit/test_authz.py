@@ -52,6 +52,7 @@ def snapshot() -> Snapshot:
                     "globex": {"tools": {"allow": ["echo", "add"]}},
                 }
             },
+            "keys": {"keys": [{"id": "k9", "hash": "0" * 64, "tenant": "acme", "tools": {"deny": ["add"]}}]},
             "access": {
                 "rules": [
                     {"tenant": "acme", "server": "a", "role": "intern", "tools": {"deny": ["add"]}},
@@ -252,3 +253,10 @@ async def test_read_only_tools_of_trusted_servers_need_only_read() -> None:
     await authz(plain)
     with pytest.raises(Forbidden):
         await authz(ctx("a", ro, call("echo")))
+
+
+async def test_keys_yaml_rules_apply_to_a_principal_built_without_them() -> None:
+    # `mcp-gateway explain` builds principals from keys.yaml ids; the key's own rules must still apply
+    bare = Principal(tenant="acme", subject="key:k9", scopes=frozenset({"read", "write"}), key_id="k9")
+    assert (await refused(ctx("a", bare, call("add")))).reason == "tool_denied"
+    await AUTHZ(ctx("a", bare, call("echo")))
