@@ -168,7 +168,14 @@ async def test_upstream_404_drops_the_binding(replicas: tuple[Gateway, Gateway, 
         new = start_upstream(tmp_path, port=up.port)
         up.proc = new.proc
         r = await _tools_list(http, a, sid)
-        assert r.status_code == 404
+        for _ in range(3):
+            # a pooled connection to the old process may break on first use (reported as 502/503 when the
+            # forwarder's retry budget is spent); what is under test is the restarted upstream's 404
+            if r.status_code not in (502, 503):
+                break
+            await asyncio.sleep(0.2)
+            r = await _tools_list(http, a, sid)
+        assert r.status_code == 404, (r.status_code, r.text)
         # this 404 is the upstream's own (relayed), not a gateway refusal
         assert "X-Request-ID" in r.headers and "reason" not in r.text, r.text
         client = aioredis.Redis.from_url(REDIS_URL)
