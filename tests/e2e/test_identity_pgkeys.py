@@ -122,6 +122,7 @@ async def test_postgres_keys_cli_admin_revocation_usage(tmp_path: Path, own_db: 
         keys={
             "adm": {"tenant": "acme", "scopes": ["read", "write", "admin"]},
             "plain": {"tenant": "acme", "scopes": ["read", "write"]},
+            "net10": {"tenant": "acme", "scopes": ["read"], "allow_ips": ["10.0.0.0/8"]},
         },
         config=_config(own_db),
     )
@@ -172,6 +173,12 @@ async def test_postgres_keys_cli_admin_revocation_usage(tmp_path: Path, own_db: 
                 return a.status == 401 and a.error["data"]["reason"] == "key_revoked"
 
             assert await _poll(revoked), "CLI revocation not applied"
+
+            # no trusted proxies configured here: a forged X-Forwarded-For does not move the client into the key's net
+            forged = {**gw.auth("net10"), "X-Forwarded-For": "10.1.2.3"}
+            assert_refused(
+                await post(http, gw.url(), rpc("ping", rpc_id=7), forged), 403, FORBIDDEN, "key_ip_not_allowed"
+            )
 
             unknown = await post(http, gw.url(), rpc("ping", rpc_id=6), {"X-API-Key": f"mgw_nosuch_{'a' * 30}"})
             assert_refused(unknown, 401, UNAUTHENTICATED, "unknown_key")
