@@ -17,6 +17,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+# one microsecond of tolerance on every comparison: float times are inexact, and a request that lands exactly on
+# the boundary (cost == burst on an idle tier, say) must be admitted by both stores alike
+EPS = 1e-6
+
 
 @dataclass(frozen=True, slots=True)
 class TierCheck:
@@ -93,10 +97,10 @@ def evaluate(check: TierCheck, tat: float | None, now: float) -> TierOutcome:
     base = now if tat is None or tat < now else tat
     new = base + check.cost * t
     diff = new - now
-    if diff <= tau:
-        remaining = math.floor((tau - diff) / t + 1e-9)
+    if diff <= tau + EPS:
+        remaining = math.floor((tau - diff + EPS) / t)
         return TierOutcome(TierResult(check.name, True, remaining, 0.0, diff, check.burst, t, check.shadow), new)
-    remaining = max(0, math.floor((tau - (base - now)) / t + 1e-9))
+    remaining = max(0, math.floor((tau - (base - now) + EPS) / t))
     return TierOutcome(
         TierResult(check.name, False, remaining, diff - tau, base - now, check.burst, t, check.shadow), None
     )

@@ -16,7 +16,7 @@ from gateway.ratelimit.gcra import SlotCheck, SlotHold, TierCheck, TierResult, V
 _US = 1_000_000.0
 
 
-def _script(name: str) -> str:
+def script_source(name: str) -> str:
     return resources.files("gateway.ratelimit").joinpath("lua", name).read_text()
 
 
@@ -44,8 +44,8 @@ class RedisLimiterStore:
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self._client = client
         self._prefix = f"{prefix}rl:"
-        self._decide = LuaScript(client, _script("decide.lua"))
-        self._refresh = LuaScript(client, _script("refresh.lua"))
+        self._decide = LuaScript(client, script_source("decide.lua"))
+        self._refresh = LuaScript(client, script_source("refresh.lua"))
         # slot members are unique across replicas: a random replica id and a counter
         self._replica = uuid.uuid4().hex[:12]
         self._ids = itertools.count(1)
@@ -54,34 +54,36 @@ class RedisLimiterStore:
     def prefix(self) -> str:
         return self._prefix
 
-    async def decide(self, tiers: Sequence[TierCheck], slots: Sequence[SlotCheck], slot_ttl: float) -> Verdict:
+    def script_call(
+        self, tiers: Sequence[TierCheck], slots: Sequence[SlotCheck], slot_ttl: float, member: str
+    ) -> tuple[list[str], list[str | int | float]]:
+        """KEYS and ARGV of decide.lua for one request."""
         p = self._prefix
         keys = [p + t.key for t in tiers]
         keys.extend(p + s.key for s in slots)
-        member = f"{self._replica}:{next(self._ids)}" if slots else ""
         args: list[str | int | float] = [len(tiers), len(slots), int(slot_ttl * _US), member]
         for t in tiers:
             args += [repr(t.interval * _US), repr(float(t.burst)), t.cost, "1" if t.shadow else "0"]
         args.extend(s.cap for s in slots)
-        raw = await self._decide(keys, args)
+        return keys, args
+
+    def parse_result(self, tiers: Sequence[TierCheck], raw: object) -> tuple[bool, int, list[TierResult]]:
+        """(admitted, 1-based index of the refusing slot or 0, per-tier results) from decide.lua's answer."""
         assert isinstance(raw, list)
-        admitted = int(raw[0]) == 1
         results: list[TierResult] = []
         for i, t in enumerate(tiers):
             o = 2 + i * 4
+            allowed, remaining, retry, reset = (int(x) for x in raw[o : o + 4])
             results.append(
-                TierResult(
-                    t.name,
-                    int(raw[o]) == 1,
-                    int(raw[o + 1]),
-                    int(raw[o + 2]) / _US,
-                    int(raw[o + 3]) / _US,
-                    t.burst,
-                    t.interval,
-                    t.shadow,
-                )
+                TierResult(t.name, allowed == 1, remaining, retry / _US, reset / _US, t.burst, t.interval, t.shadow)
             )
-        slot_idx = int(raw[1])
+        return int(raw[0]) == 1, int(raw[1]), results
+
+    async def decide(self, tiers: Sequence[TierCheck], slots: Sequence[SlotCheck], slot_ttl: float) -> Verdict:
+        p = self._prefix
+        member = f"{self._replica}:{next(self._ids)}" if slots else ""
+        keys, args = self.script_call(tiers, slots, slot_ttl, member)
+        admitted, slot_idx, results = self.parse_result(tiers, await self._decide(keys, args))
         if not admitted:
             slot_refused = slots[slot_idx - 1] if slot_idx > 0 else None
             refused_by = None if slot_refused is not None else refusing_tier(results)

@@ -4,6 +4,7 @@ kill/restart and SCRIPT FLUSH)."""
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -236,3 +237,42 @@ async def test_a_block_reaches_every_replica(shared: tuple[aioredis.Redis, str])
     await two.sync_once()  # adopts
     assert 28 < two.blocked_for("203.0.113.9") <= 30
     assert two.blocked_for("203.0.113.10") == 0
+
+
+async def test_lua_script_matches_the_python_algorithm(shared: tuple[aioredis.Redis, str]) -> None:
+    """decide.lua against gateway.ratelimit.gcra on the same random sequences, with Redis's clock replaced by the
+    test's (the only line changed in the script), so both see exactly the same times."""
+    from gateway.ratelimit.redis_store import LuaScript, script_source
+    from gateway.ratelimit.store import MemoryStore
+
+    client, prefix = shared
+    clock_line = "local t = redis.call('TIME')"
+    source = script_source("decide.lua")
+    assert clock_line in source
+    script = LuaScript(client, source.replace(clock_line, "local t = {ARGV[#ARGV - 1], ARGV[#ARGV]}"))
+    store = RedisLimiterStore(client, prefix)
+    rng = random.Random(20261126)
+    for case in range(25):
+        base_us = now_us = 1_790_000_000_000_000 + case * 10**12
+        # the in-process store runs on time.monotonic (small numbers); give it the same times from 1000 s
+        clock = [1000.0]
+        memory = MemoryStore(lambda clock=clock: clock[0])
+        shapes = [
+            (f"t{i}", rng.choice([0.5, 1, 3, 10, 40]), rng.choice([1, 2, 5, 10]), rng.random() < 0.25)
+            for i in range(rng.randint(1, 4))
+        ]
+        for step in range(40):
+            now_us += rng.choice([0, 1000, 20_000, 150_000, 700_000])
+            clock[0] = 1000.0 + (now_us - base_us) / 1e6
+            cost = rng.choice([1, 1, 1, 2, 3])
+            tiers = [TierCheck(n, f"p{case}:{n}", 1.0 / rate, burst, cost, shadow) for n, rate, burst, shadow in shapes]
+            keys, args = store.script_call(tiers, [], 0, "")
+            raw = await script(keys, [*args, now_us // 10**6, now_us % 10**6])
+            admitted, _, lua = store.parse_result(tiers, raw)
+            py = memory.decide_now(tiers, [], 0)
+            where = (case, step, shapes, cost)
+            assert admitted == py.allowed, where
+            for a, b in zip(lua, py.tiers, strict=True):
+                assert (a.allowed, a.remaining) == (b.allowed, b.remaining), (where, a, b)
+                assert a.retry_after == pytest.approx(b.retry_after, abs=1e-5), (where, a, b)
+                assert a.reset == pytest.approx(b.reset, abs=1e-5), (where, a, b)

@@ -8,6 +8,7 @@
 -- Returns: {admitted, index of the refusing slot key (0 = none), then 4 per GCRA key:
 --           allowed, remaining, retry after (us), reset (us)}
 -- Nothing is written unless the request is admitted.
+local EPS = 1
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local n = tonumber(ARGV[1])
@@ -31,15 +32,16 @@ for i = 1, n do
   local new = base + cost * interval
   local diff = new - now
   local o = 3 + (i - 1) * 4
-  if diff <= tau then
+  -- EPS (1 us) absorbs rounding: times near 1.8e15 us are doubles with a 0.25 us resolution
+  if diff <= tau + EPS then
     news[i] = new
     out[o] = 1
-    out[o + 1] = math.floor((tau - diff) / interval + 1e-9)
+    out[o + 1] = math.floor((tau - diff + EPS) / interval)
     out[o + 2] = 0
     out[o + 3] = math.ceil(diff)
   else
     news[i] = false
-    local rem = math.floor((tau - (base - now)) / interval + 1e-9)
+    local rem = math.floor((tau - (base - now) + EPS) / interval)
     if rem < 0 then rem = 0 end
     out[o] = 0
     out[o + 1] = rem
@@ -66,7 +68,8 @@ if admitted == 1 then
     if news[i] then
       -- keep the key only while it still remembers something (an expired TAT equals a missing one)
       local px = math.ceil((news[i] - now) / 1000) + 1000
-      redis.call('SET', KEYS[i], string.format('%.0f', news[i]), 'PX', px)
+      -- %.17g round-trips the double exactly: no rounding drift from one request to the next
+      redis.call('SET', KEYS[i], string.format('%.17g', news[i]), 'PX', px)
     end
   end
   local pttl = math.ceil(ttl / 1000) + 1000
