@@ -24,6 +24,8 @@ import httpx
 import orjson
 import psutil
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mcp import ClientSession, McpError, types
 from mcp.client.streamable_http import streamable_http_client
 from mcp.server.fastmcp import Context, FastMCP
@@ -140,7 +142,13 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
             "owner": "acme",
             "pool": {"max_connections": 7, "keepalive_seconds": 0.1},
         }
-        servers["down"] = {"upstreams": [{"url": f"http://127.0.0.1:{down_port}/mcp"}], "owner": "acme"}
+        # no health checks or breaker here: these tests are about what the forward stage answers
+        servers["down"] = {
+            "upstreams": [{"url": f"http://127.0.0.1:{down_port}/mcp"}],
+            "owner": "acme",
+            "health": {"enabled": False},
+            "breaker": {"enabled": False},
+        }
         servers["small"] = {"upstreams": [{"url": main.url}], "owner": "acme", "max_body_bytes": 2048}
         servers["compat"] = {"upstreams": [{"url": main.url}], "owner": "acme", "compat_status_200": True}
         gw = start_gateway(
@@ -462,6 +470,34 @@ async def test_malformed_bodies(env: Env, payload: bytes, status: int, code: int
     assert r.status_code == status and r.headers["content-type"].startswith("application/json")
     body = r.json()
     assert body["jsonrpc"] == "2.0" and body["id"] == rpc_id and body["error"]["code"] == code
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    raw=st.one_of(
+        st.binary(max_size=200),
+        st.recursive(
+            st.none() | st.booleans() | st.integers() | st.text(max_size=10),
+            lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+            max_leaves=10,
+        ).map(lambda v: json.dumps(v).encode()),
+        st.fixed_dictionaries(
+            {"jsonrpc": st.just("2.0"), "method": st.sampled_from(["ping", "tools/call", "initialize"])},
+            optional={"id": st.one_of(st.integers(), st.text(max_size=5), st.none(), st.floats()), "params": st.none()},
+        ).map(lambda v: json.dumps(v).encode()),
+    )
+)
+def test_fuzzed_bodies_get_a_wellformed_jsonrpc_error(env: Env, raw: bytes) -> None:
+    """Whatever the body, the real process answers with a JSON-RPC error (the route's upstream is down, so even a
+    valid message ends in one): never a 500, a hang or a non-JSON answer."""
+    with httpx.Client(timeout=DEADLINE) as c:
+        r = c.post(env.gw.url("down"), headers=env.headers(), content=raw)
+    assert r.status_code in (400, 502), (r.status_code, r.text)
+    assert r.headers["content-type"].startswith("application/json")
+    body = r.json()
+    assert set(body) == {"jsonrpc", "id", "error"} and body["jsonrpc"] == "2.0"
+    assert isinstance(body["error"]["code"], int) and body["error"]["data"]["reason"]
+    assert body["id"] is None or (isinstance(body["id"], str | int) and not isinstance(body["id"], bool))
 
 
 async def test_oversized_body_is_413(env: Env) -> None:
