@@ -69,7 +69,7 @@ async def test_single_key_admits_burst_plus_rate_times_window(shared: tuple[aior
     low = burst + rate * (last_sent - first_back)
     high = burst + rate * (last_back - first_sent)
     assert low - 1 <= admitted <= high + 1, (admitted, low, high)
-    assert abs(admitted - (burst + rate * window)) <= 1 + rate * 0.05  # and it is the full window's worth
+    assert admitted > burst + rate  # the window really ran: not just the burst
 
 
 async def test_refused_by_one_tier_consumes_nothing(shared: tuple[aioredis.Redis, str]) -> None:
@@ -119,8 +119,8 @@ async def test_refresh_keeps_a_live_slot(shared: tuple[aioredis.Redis, str]) -> 
     cap = [SlotCheck("key_streams", "c:k:streams:k1", 1)]
     held = await store.decide([], cap, slot_ttl=1.0)
     assert held.allowed and held.hold is not None
-    for _ in range(4):
-        await asyncio.sleep(0.4)
+    for _ in range(8):
+        await asyncio.sleep(0.2)
         await store.refresh([held.hold], 1.0)
         assert not (await store.decide([], cap, slot_ttl=1.0)).allowed  # still held after 1.6 s > TTL
 
