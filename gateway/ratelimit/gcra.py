@@ -1,6 +1,6 @@
 """GCRA (generic cell rate algorithm): the decision every store makes, as pure functions over theoretical arrival
-times (TATs). The Redis Lua script (lua/decide.lua) is a line-by-line port of `decide`; the unit tests hold the two
-to the same answers.
+times (TATs). The Redis Lua script (lua/decide.lua) is a line-by-line port of `decide`;
+tests/integration/test_ratelimit_redis.py runs both on the same sequences and times and compares every answer.
 
 A tier with rate r and burst B has emission interval T = 1/r and tolerance tau = B*T. A request of cost c is
 admitted when max(TAT, now) + c*T - now <= tau, and then TAT becomes max(TAT, now) + c*T. From an idle start this

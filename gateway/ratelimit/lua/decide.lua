@@ -1,5 +1,6 @@
 -- Decide every rate tier and take every concurrency slot of one request, atomically, on Redis's clock.
--- A port of gateway/ratelimit/gcra.py `decide` (keep them in step; the unit tests compare them).
+-- A port of gateway/ratelimit/gcra.py `decide` (keep them in step; tests/integration/test_ratelimit_redis.py
+-- compares them answer by answer).
 --
 -- KEYS: n GCRA keys (value: TAT in microseconds), then m slot keys (sorted set: member -> expiry in microseconds)
 -- ARGV: n, m, slot ttl (microseconds), slot member,
