@@ -14,6 +14,7 @@ from typing import Any
 
 import orjson
 
+from gateway.auth.scopes import READ_METHODS, WRITE_METHODS
 from gateway.errors import InvalidRequest, ParseError
 
 JsonRpcId = str | int | None
@@ -28,6 +29,9 @@ class Kind(StrEnum):
     NOTIFICATION = "notification"
     RESPONSE = "response"
 
+
+# the client-to-server MCP request methods (auth/scopes.py lists each with its scope)
+REQUEST_METHODS = READ_METHODS | WRITE_METHODS
 
 # Methods whose `params.name` names a tool/prompt, or whose `params.uri` names a resource.
 _NAME_METHODS = frozenset({"tools/call", "prompts/get"})
@@ -101,6 +105,10 @@ def parse_envelope(obj: Any) -> Envelope:
             raise InvalidRequest("JSON-RPC params must be an object or an array", reason="bad_params")
         pdict = params if isinstance(params, dict) else None
         if not has_id:
+            if method in REQUEST_METHODS:
+                # MCP requests must carry an id. Without one this is no notification either, and letting it through
+                # would skip the checks only requests get (scope, tool rules) on its way to the upstream.
+                raise InvalidRequest(f"{method} is a request and needs an id", reason="request_without_id")
             return Envelope(Kind.NOTIFICATION, None, method, params=pdict)
         if rpc_id is None:
             raise InvalidRequest("JSON-RPC request id must not be null", reason="bad_id")

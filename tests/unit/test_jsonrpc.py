@@ -59,6 +59,20 @@ def test_notification_has_no_id() -> None:
     assert msg.first_id is None and not msg.has_requests
 
 
+@pytest.mark.parametrize("method", ["tools/call", "tools/list", "initialize", "ping", "resources/read"])
+def test_a_request_method_without_id_is_refused(method: str) -> None:
+    # not a notification: forwarded as one, a tools/call would skip the scope and tool checks requests get
+    with pytest.raises(InvalidRequest) as info:
+        parse_message(body({"jsonrpc": "2.0", "method": method, "params": {"name": "x", "uri": "y"}}))
+    assert info.value.reason == "request_without_id"
+
+
+def test_custom_notifications_still_pass() -> None:
+    # extension notifications are not MCP requests; the upstream decides what they mean
+    (env,) = parse_message(body({"jsonrpc": "2.0", "method": "test/close", "params": {"code": 1}})).envelopes
+    assert env.kind is Kind.NOTIFICATION and env.method == "test/close"
+
+
 @pytest.mark.parametrize(
     ("obj", "is_error"),
     [
