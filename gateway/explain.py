@@ -138,24 +138,33 @@ def _authn_refusal(reason: str, message: str) -> StageResult:
     return StageResult("authn", "refused", err.reason, err.status, err.code, err.message)
 
 
-def principal_from_key_id(snapshot: Any, key_id: str) -> tuple[Any, StageResult]:
-    """The principal keys.yaml gives this key id, with the same revocation and expiry checks as authn."""
+def principal_from_key_id(snapshot: Any, key_id: str, client_ip: str = "127.0.0.1") -> tuple[Any, StageResult]:
+    """The principal keys.yaml gives this key id, with authn's own checks (revoked, expired, allowed networks)
+    and the key's own tool rules. Keys stored only in PostgreSQL are not looked up (explain uses no database)."""
+    from gateway.auth.keyrecord import from_policy
     from gateway.auth.principal import Principal
+    from gateway.errors import Forbidden
 
     key = snapshot.keys.get(key_id)
     if key is None:
-        return None, _authn_refusal("unknown_key", f"no key with id {key_id!r}")
-    if key.revoked:
+        return None, _authn_refusal("unknown_key", f"no key with id {key_id!r} in keys.yaml")
+    rec = from_policy(key)
+    if rec.revoked:
         return None, _authn_refusal("key_revoked", "API key revoked")
-    if key.expires_at is not None and key.expires_at.timestamp() <= time.time():
+    if rec.expires_at is not None and rec.expires_at <= time.time():
         return None, _authn_refusal("key_expired", "API key expired")
+    if not rec.ip_allowed(client_ip):
+        err = Forbidden("API key not allowed from this address", reason="key_ip_not_allowed")
+        return None, StageResult("authn", "refused", err.reason, err.status, err.code, err.message)
     principal = Principal(
-        tenant=key.tenant,
-        subject=f"key:{key.id}",
-        role=key.role,
-        scopes=frozenset(key.scopes),
-        key_id=key.id,
+        tenant=rec.tenant,
+        subject=f"key:{rec.id}",
+        role=rec.role,
+        scopes=rec.scopes,
+        key_id=rec.id,
         method="api_key",
+        tools=rec.tools,
+        expires_at=rec.expires_at,
     )
     return principal, StageResult("authn", "allowed", detail=f"key id {key_id} from keys.yaml (secret not checked)")
 
@@ -274,7 +283,7 @@ async def explain(settings: Any, req: ExplainRequest, policies: Path | None = No
         for flt in chain.filters:
             if flt.stage == "authn" and synthetic_authn:
                 if req.key_id is not None:
-                    principal, res = principal_from_key_id(snapshot, req.key_id)
+                    principal, res = principal_from_key_id(snapshot, req.key_id, req.ip)
                 else:
                     principal, res = principal_from_claims(server, req.jwt_claims or {})
                 results.append(res)

@@ -34,6 +34,14 @@ def write_policies(directory: Path, **overrides: Any) -> dict[str, str]:
     keys = [
         {"id": "k1", "hash": digest, "tenant": "acme", "scopes": ["read"]},
         {"id": "old", "hash": digest, "tenant": "acme", "scopes": ["read"], "revoked": True},
+        {
+            "id": "fenced",
+            "hash": digest,
+            "tenant": "acme",
+            "scopes": ["read"],
+            "allow_ips": ["10.0.0.0/8"],
+            "tools": {"deny": ["add"]},
+        },
     ]
     pol["keys.yaml"] = {"keys": keys}
     for name, content in pol.items():
@@ -76,12 +84,18 @@ def test_key_id_principal_and_revocation(tmp_path: Path) -> None:
     snap = load_policy(tmp_path / "live")
     principal, res = principal_from_key_id(snap, "k1")
     assert res.decision == "allowed" and principal.tenant == "acme" and principal.scopes == frozenset({"read"})
+    principal, res = principal_from_key_id(snap, "fenced", "192.0.2.1")
+    assert principal is None and (res.reason, res.status) == ("key_ip_not_allowed", 403)
+    principal, res = principal_from_key_id(snap, "fenced", "10.1.2.3")
+    assert res.decision == "allowed" and principal.tools is not None
     principal, res = principal_from_key_id(snap, "old")
     assert principal is None and (res.decision, res.reason, res.status) == ("refused", "key_revoked", 401)
     assert res.code is not None and not -32768 <= res.code <= -32000
 
 
 def test_claims_use_the_routes_claim_names(tmp_path: Path) -> None:
+    hs_secret = tmp_path / "hs-secret"
+    hs_secret.write_text("a-test-secret-of-thirty-two-bytes!!")
     servers = {
         "servers": {
             "example": {
@@ -92,7 +106,7 @@ def test_claims_use_the_routes_claim_names(tmp_path: Path) -> None:
                     "jwt": {
                         "issuer": "https://idp",
                         "algorithms": ["HS256"],
-                        "hs_secret": {"env": "X"},
+                        "hs_secret": {"file": str(hs_secret)},
                         "claims": {"tenant": "org", "scopes": "perms"},
                     },
                 },
