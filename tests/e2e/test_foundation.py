@@ -460,8 +460,9 @@ async def test_upstream_down_is_502_at_once(env: Env) -> None:
         (b"\xff\xfe not utf-8", 400, -32700, None),
         (b'{"jsonrpc": "1.0", "id": 6, "method": "ping"}', 400, -32600, 6),
         (b'[{"jsonrpc": "2.0", "id": 7, "method": "ping"}]', 400, -32600, None),
+        (b'{"jsonrpc": "2.0", "method": "tools/call", "params": {"name": "add"}}', 400, -32600, None),
     ],
-    ids=["truncated", "binary", "bad-version", "batch-at-2025-06-18"],
+    ids=["truncated", "binary", "bad-version", "batch-at-2025-06-18", "request-without-id"],
 )
 async def test_malformed_bodies(env: Env, payload: bytes, status: int, code: int, rpc_id: int | None) -> None:
     headers = env.headers(**{"MCP-Protocol-Version": "2025-06-18"})
