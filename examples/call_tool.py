@@ -1,6 +1,6 @@
 """Call a tool through the gateway with the official MCP Python SDK (the README quick start).
 
-    .venv/bin/python examples/call_tool.py
+.venv/bin/python examples/call_tool.py
 """
 
 import asyncio
