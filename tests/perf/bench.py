@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from tests.harness import ROOT, Gateway
-from tests.perf.diagnostics import measure_gc, measure_redis_round_trips, run_profile
+from tests.perf.diagnostics import measure_gc, measure_redis_round_trips, run_profile, start_probed_gateway
 from tests.perf.measure import log, measure_idle_streams, measure_json, measure_sse, raise_fd_limit
 from tests.perf.report import (
     Raw,
@@ -59,8 +59,8 @@ RESULTS = ROOT / "tests" / "perf" / "results" / "latest.json"
 JSON_SCENARIOS = {"json_c1": 1, "json_c32": 32}
 # the two-worker target only makes sense under concurrency
 SCENARIO_TARGETS = {
-    "json_c1": ("direct", "bare", "gw_embedded", "gw_redis_pg"),
-    "json_c32": ("direct", "bare", "gw_embedded", "gw_redis_pg", "gw_workers2"),
+    "json_c1": ("direct", "bare", "gw_embedded", "gw_redis_pg", "gw_gc_tuned"),
+    "json_c32": ("direct", "bare", "gw_embedded", "gw_redis_pg", "gw_workers2", "gw_gc_tuned"),
     "sse": ("direct", "bare", "gw_embedded", "gw_redis_pg"),
 }
 
@@ -111,6 +111,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sse-events", type=int, default=None, help="events per SSE latency measurement (200)")
     p.add_argument("--profile-seconds", type=float, default=None, help="py-spy profile length (10; quick 3)")
     p.add_argument("--no-profile", action="store_true")
+    p.add_argument(
+        "--gc-tuned-target",
+        action="store_true",
+        help="also measure (c) with the suggested GC tuning (gc_probe --tuned) as a diagnostic target",
+    )
     p.add_argument("--output", type=Path, default=RESULTS)
     args = p.parse_args(argv)
     q = args.quick
@@ -189,6 +194,13 @@ def start_targets(run: Run, args: argparse.Namespace) -> dict[str, Target]:
         started["gw_workers2"] = gw3
     except (RuntimeError, TimeoutError) as exc:
         run.unavailable["(e) gateway, workers: 2"] = f"did not start: {str(exc)[-400:]}"
+    if args.gc_tuned_target:
+        try:
+            gw4 = start_probed_gateway(run.workdir, "gc_tuned", up_port, pool, run.workdir / "gc-target.json", True)
+            run.procs.append(gw4)
+            targets["gw_gc_tuned"] = gateway_target("gw_gc_tuned", "(c*) as (c), GC tuned (diagnostic)", gw4)
+        except (RuntimeError, TimeoutError) as exc:
+            run.unavailable["(c*) GC-tuned gateway"] = f"did not start: {str(exc)[-400:]}"
     for name, g in started.items():
         ready, body = wait_ready(g)
         if name in targets:

@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from tests.harness import PYTHON, ROOT, Proc, start_redis, wait_port
+from tests.harness import PYTHON, ROOT, Gateway, Proc, start_redis, wait_port
 from tests.perf import profile as prof
 from tests.perf.measure import header_args, log, measure_json
 from tests.perf.targets import (
@@ -68,6 +68,24 @@ def measure_redis_round_trips(workdir: Path, upstream_port: int, duration: float
     }
 
 
+def start_probed_gateway(
+    workdir: Path, name: str, upstream_port: int, pool: int, stats_file: Path, tuned: bool
+) -> Gateway:
+    """A bench gateway run under tests/perf/gc_probe.py (optionally with the suggested GC tuning), ready."""
+    gw = start_bench_gateway(workdir, name, upstream_port, pool)
+    gw.stop()  # only its config, policies and port are reused, under the probe
+    argv = [PYTHON, "-m", "tests.perf.gc_probe", str(stats_file)]
+    argv += (["--tuned"] if tuned else []) + ["--", "run", "--config", str(gw.config_path)]
+    gw.proc = Proc(argv, workdir / f"{name}-probe.log").start()
+    try:
+        wait_port(gw.port, proc=gw.proc.popen, log=gw.proc.log)
+        wait_ready(gw)
+    except (RuntimeError, TimeoutError):
+        gw.proc.stop()
+        raise
+    return gw
+
+
 def measure_gc(workdir: Path, upstream_port: int, duration: float, warmup: float) -> dict[str, Any]:
     """Share of the gateway's CPU spent in the cyclic GC under 32 connections, as is and with the tuning suggested.
 
@@ -75,16 +93,14 @@ def measure_gc(workdir: Path, upstream_port: int, duration: float, warmup: float
     """
     out: dict[str, Any] = {}
     for variant in ("default", "tuned"):
-        gw = start_bench_gateway(workdir, f"gc_{variant}", upstream_port, 64)
-        gw.stop()  # only its config, policies and port are reused, under the probe
         stats_file = workdir / f"gc-{variant}.json"
-        argv = [PYTHON, "-m", "tests.perf.gc_probe", str(stats_file)]
-        argv += (["--tuned"] if variant == "tuned" else []) + ["--", "run", "--config", str(gw.config_path)]
-        gw.proc = Proc(argv, workdir / f"gc-{variant}.log").start()
         snaps = [stats_file.with_name(f"{stats_file.name}.{i}") for i in (1, 2)]
         try:
-            wait_port(gw.port, proc=gw.proc.popen, log=gw.proc.log)
-            wait_ready(gw)
+            gw = start_probed_gateway(workdir, f"gc_{variant}", upstream_port, 64, stats_file, variant == "tuned")
+        except (RuntimeError, TimeoutError) as exc:
+            out[variant] = {"error": str(exc)[-300:]}
+            continue
+        try:
             target = gateway_target(variant, variant, gw)
             measure_json(target, 32, max(warmup, 0.5), 0.0)  # warm: connections, caches, first collections
             gw.proc.signal(signal.SIGUSR1)

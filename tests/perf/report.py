@@ -9,7 +9,7 @@ from tests.perf.stats import fmt, median, ratio
 
 Raw = dict[str, dict[str, list[dict[str, Any]]]]  # scenario -> target -> one result per round
 
-GATEWAYS = ("gw_embedded", "gw_redis_pg", "gw_workers2")
+GATEWAYS = ("gw_embedded", "gw_redis_pg", "gw_workers2", "gw_gc_tuned")
 
 
 def summarize(raw: Raw) -> dict[str, dict[str, dict[str, float]]]:
@@ -53,6 +53,12 @@ def per_round_ratios(raw: Raw) -> dict[str, float]:
         out[f"{gw}_added_p50_ms_vs_bare_c1"] = paired("json_c1", gw, "bare", "p50_ms", "-")
     # what a second worker buys over one, same backends
     out["gw_workers2_vs_gw_redis_pg_rps_json_c32"] = paired("json_c32", "gw_workers2", "gw_redis_pg", "rps", "/")
+    # what the suggested GC tuning buys, when the diagnostic target ran
+    for scen in ("json_c1", "json_c32"):
+        out[f"gw_gc_tuned_vs_gw_embedded_rps_{scen}"] = paired(scen, "gw_gc_tuned", "gw_embedded", "rps", "/")
+    out["gw_gc_tuned_vs_gw_embedded_cpu_per_request_json_c32"] = paired(
+        "json_c32", "gw_gc_tuned", "gw_embedded", "cpu_us_per_request", "/"
+    )
     out["bare_vs_direct_rps_json_c32"] = paired("json_c32", "bare", "direct", "rps", "/")
     out["bare_added_p50_ms_c1"] = paired("json_c1", "bare", "direct", "p50_ms", "-")
     return out
@@ -143,6 +149,12 @@ def render_table(
         )
         if gw == "gw_workers2":
             add(f"{'':<44} c32 x/one worker (d) {fmt(ratios['gw_workers2_vs_gw_redis_pg_rps_json_c32'])}")
+        if gw == "gw_gc_tuned":
+            add(
+                f"{'':<44} x/(c): c32 {fmt(ratios['gw_gc_tuned_vs_gw_embedded_rps_json_c32'])}"
+                f"  c1 {fmt(ratios['gw_gc_tuned_vs_gw_embedded_rps_json_c1'])}"
+                f"  CPU per request c32 {fmt(ratios['gw_gc_tuned_vs_gw_embedded_cpu_per_request_json_c32'])}"
+            )
         if gw in summary.get("json_c1", {}):
             add(
                 f"{'':<44} c1  x/direct {fmt(ratios[f'{gw}_vs_direct_rps_json_c1'])}"
