@@ -207,9 +207,15 @@ class Authz:
         if own_rules is None and principal.key_id is not None:
             own_rules = self._key_tools.get(principal.key_id)
         for env in ctx.envelopes:
-            if env.kind is not Kind.REQUEST or env.method is None:
+            if env.method is None:  # responses to server requests are the caller's own answers
                 continue
             method = env.method
+            if env.kind is not Kind.REQUEST:
+                # notifications are scoped too: `notifications/*` need read, an extension notification (a method
+                # the scope table does not know) needs admin, so nothing reaches the upstream unchecked
+                if not scope_allows(principal.scopes, method):
+                    raise self._scope_denied(ctx, principal, method)
+                continue
             if not scope_allows(principal.scopes, method) and not self._readonly_call(server, principal, env.tool):
                 raise self._scope_denied(ctx, principal, method)
             if method == "tools/list":

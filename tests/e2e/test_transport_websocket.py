@@ -25,6 +25,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::DeprecationWa
 KEYS = {
     "rw": {"tenant": "acme", "scopes": ["read", "write"]},
     "ro": {"tenant": "acme", "scopes": ["read"]},
+    # `test/close` is an extension notification: the scope table gives such methods to admin only
+    "adm": {"tenant": "acme", "scopes": ["read", "write", "admin"]},
 }
 
 
@@ -126,7 +128,7 @@ async def test_close_codes_cross_both_ways(ws_env: tuple[Gateway, int]) -> None:
     gw, port = ws_env
     async with aiohttp.ClientSession() as http:
         # upstream -> client
-        ws = await http.ws_connect(_ws_url(gw, "raw"), protocols=("mcp",), headers=gw.auth("rw"))
+        ws = await http.ws_connect(_ws_url(gw, "raw"), protocols=("mcp",), headers=gw.auth("adm"))
         assert ws.protocol == "mcp"
         await ws.send_str(json.dumps({"jsonrpc": "2.0", "method": "notifications/x", "params": {"v": 1}}))
         echoed = await ws.receive(timeout=10)

@@ -130,8 +130,13 @@ async def test_scopes_map_methods() -> None:
     ext = {"jsonrpc": "2.0", "id": 2, "method": "vendor/frobnicate"}
     assert (await refused(ctx("a", key(), ext))).reason == "scope_denied"
     await AUTHZ(ctx("a", key(scopes=("admin",)), ext))
-    # responses and notifications are not method calls of the caller's
+    # MCP notifications need only read; a response to a server request needs nothing
     await AUTHZ(ctx("a", ro, {"jsonrpc": "2.0", "method": "notifications/initialized"}))
+    await AUTHZ(ctx("a", ro, {"jsonrpc": "2.0", "id": 7, "result": {}}))
+    # an extension notification is not a way around the scope table: it needs admin like an extension request
+    ext_note = {"jsonrpc": "2.0", "method": "vendor/frobnicate"}
+    assert (await refused(ctx("a", key(), ext_note))).reason == "scope_denied"
+    await AUTHZ(ctx("a", key(scopes=("admin",)), ext_note))
 
 
 async def test_every_batch_element_is_authorized() -> None:
