@@ -20,8 +20,10 @@ run: $(STAMP)
 	@bash scripts/run-demo.sh $(EXAMPLE_PORT)
 
 # Redis and PostgreSQL up, lint and types, then the whole suite (unit, integration, e2e).
+# Tests spend most of their time waiting on real processes, so three workers fit this 2-core machine.
+PYTEST_WORKERS ?= 3
 test: $(STAMP) services lint
-	$(PY) -m pytest -q -p no:cacheprovider
+	$(PY) -m pytest -q -p no:cacheprovider -n $(PYTEST_WORKERS)
 
 lint: $(STAMP)
 	$(PY) -m ruff check gateway tests examples
