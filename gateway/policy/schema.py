@@ -72,6 +72,12 @@ def stale_schemas(directory: Path) -> list[str]:
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
+    if args.reference is not None:
+        from gateway.policy.reference import render_reference
+
+        Path(args.reference).write_text(render_reference())
+        print(args.reference)
+        return 0
     if args.write is not None:
         for path in write_schemas(Path(args.write)):
             print(path)
@@ -90,6 +96,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--write", metavar="DIR", help="write one <file>.schema.json per policy file into DIR")
     group.add_argument("--check", metavar="DIR", help="exit 1 if the schemas in DIR are missing or out of date")
+    group.add_argument(
+        "--reference", metavar="FILE", help="write the Markdown policy reference (docs/policy-reference.md)"
+    )
     parser.add_argument(
         "--file", default="servers.yaml", choices=list(POLICY_FILES), help="print the schema of this policy file"
     )
