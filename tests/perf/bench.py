@@ -57,7 +57,7 @@ from tests.perf.targets import (
 
 RESULTS = ROOT / "tests" / "perf" / "results" / "latest.json"
 JSON_SCENARIOS = {"json_c1": 1, "json_c32": 32}
-# the two-worker target only makes sense under concurrency
+# the two-worker target only makes sense under concurrency; gw_gc_tuned runs only with --gc-tuned-target
 SCENARIO_TARGETS = {
     "json_c1": ("direct", "bare", "gw_embedded", "gw_redis_pg", "gw_gc_tuned"),
     "json_c32": ("direct", "bare", "gw_embedded", "gw_redis_pg", "gw_workers2", "gw_gc_tuned"),
@@ -96,9 +96,6 @@ def machine_info(rounds: int, args: argparse.Namespace) -> dict[str, Any]:
         "warmup_s": args.warmup,
         "quick": args.quick,
     }
-
-
-# ------------------------------------------------------------------------------------------------ reporting
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
