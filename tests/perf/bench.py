@@ -16,6 +16,7 @@ import contextlib
 import math
 import os
 import platform
+import shutil
 import signal
 import subprocess
 import sys
@@ -114,6 +115,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="also measure (c) with the suggested GC tuning (gc_probe --tuned) as a diagnostic target",
     )
     p.add_argument("--output", type=Path, default=RESULTS)
+    p.add_argument("--keep-workdir", action="store_true", help="keep logs and audit files (kept anyway on failure)")
     args = p.parse_args(argv)
     q = args.quick
     args.rounds = args.rounds or (2 if q else 3)
@@ -143,12 +145,17 @@ class Run:
     unavailable: dict[str, str] = field(default_factory=dict)
     up_port: int = 0
 
-    def stop(self) -> None:
+    def stop(self, keep_workdir: bool) -> None:
         for p in reversed(self.procs):
             with contextlib.suppress(Exception):
                 p.stop()
         if self.backends is not None:
             cleanup_backends(self.backends)
+        if keep_workdir:
+            log(f"logs and audit files kept in {self.workdir}")
+        else:
+            # audit files of a run reach hundreds of MB
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def start_targets(run: Run, args: argparse.Namespace) -> dict[str, Target]:
@@ -264,6 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     streams = min(args.streams, max(1, (hard_fds - 512) // 2))
     run = Run(Path(tempfile.mkdtemp(prefix="mgw-bench-")), streams)
     load_at_start = [round(x, 2) for x in os.getloadavg()]
+    ok = False
     try:
         log(f"workdir {run.workdir}; load average {load_at_start}")
         try:
@@ -325,9 +333,11 @@ def main(argv: list[str] | None = None) -> int:
         args.output.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
         args.output.with_suffix(".md").write_text(render_markdown(orjson.loads(orjson.dumps(result))))
         log(f"wrote {args.output} in {time.monotonic() - started:.0f}s")
+        ok = True
         return 0
     finally:
-        run.stop()
+        # a failed run keeps its directory: the processes' logs say why
+        run.stop(keep_workdir=args.keep_workdir or not ok)
 
 
 if __name__ == "__main__":
