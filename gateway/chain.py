@@ -100,7 +100,7 @@ class Chain:
                 except GatewayError as err:
                     err.stage = err.stage or "parse"
                     raise
-                await self.admit(ctx, tuple(s for s in stages if s != "client_guard"))
+                await self.admit(ctx, stages[1:])
             else:
                 if prepare is not None:
                     await prepare(ctx)

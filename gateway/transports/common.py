@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-import uuid
+import itertools
+import os
+import secrets
 
 from aiohttp import web
 
@@ -21,7 +23,28 @@ def request_id_of(request: web.BaseRequest) -> str:
     rid = request.headers.get("X-Request-ID")
     if rid and len(rid) <= _MAX_REQUEST_ID and rid.isascii() and rid.isprintable():
         return rid
-    return uuid.uuid4().hex
+    return _next_request_id()
+
+
+class _RequestIds:
+    """A random per-process prefix plus a counter: unique across processes and restarts like a uuid4, at a
+    fraction of its cost (uuid4 reads os.urandom on every request)."""
+
+    def __init__(self) -> None:
+        self.reseed()
+
+    def reseed(self) -> None:
+        self._prefix = secrets.token_hex(8)
+        self._counter = itertools.count(1)
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter):012x}"
+
+
+_IDS = _RequestIds()
+# a forked child must not repeat its parent's ids
+os.register_at_fork(after_in_child=_IDS.reseed)
+_next_request_id = _IDS.next
 
 
 async def read_body(request: web.BaseRequest, cap: int) -> bytes:

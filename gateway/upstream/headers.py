@@ -50,6 +50,11 @@ UPSTREAM_ONLY = frozenset(
 )
 
 
+# unions computed once, not per request
+_DROP_TO_UPSTREAM = HOP_BY_HOP | CLIENT_ONLY
+_DROP_TO_CLIENT = HOP_BY_HOP | UPSTREAM_ONLY
+
+
 def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
     value = headers.get("Connection", "")
     return {t.strip().lower() for t in value.split(",") if t.strip()}
@@ -63,7 +68,8 @@ def upstream_request_headers(
     proto: str,
     extra: Iterable[tuple[str, str]] = (),
 ) -> CIMultiDict[str]:
-    drop = HOP_BY_HOP | CLIENT_ONLY | _connection_tokens(client)
+    tokens = _connection_tokens(client)
+    drop = _DROP_TO_UPSTREAM if tokens <= _DROP_TO_UPSTREAM else _DROP_TO_UPSTREAM | tokens
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in client.items():
         if name.lower() not in drop:
@@ -78,7 +84,8 @@ def upstream_request_headers(
 
 
 def client_response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    drop = HOP_BY_HOP | UPSTREAM_ONLY | _connection_tokens(upstream)
+    tokens = _connection_tokens(upstream)
+    drop = _DROP_TO_CLIENT if tokens <= _DROP_TO_CLIENT else _DROP_TO_CLIENT | tokens
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in upstream.items():
         if name.lower() not in drop:
