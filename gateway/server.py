@@ -239,6 +239,12 @@ def run(settings: Settings) -> int:
     if settings.workers > 1:
         from gateway.workers import is_worker, supervise
 
+        if not settings.redis.url:
+            # sessions, limits and breakers would live in each worker's memory: a session started on one worker
+            # would be unknown to the next and every limit would be multiplied by N; refuse rather than misbehave
+            log.error("workers > 1 needs redis.url (MGW_REDIS_URL): workers share sessions and limits through Redis")
+            return 2
+
         if not is_worker():
             return supervise(settings)
     _install_uvloop()

@@ -117,3 +117,22 @@ def test_run_refuses_a_broken_policy_with_a_clear_message(tmp_path: Path) -> Non
 def test_run_with_missing_config_exits_2(tmp_path: Path) -> None:
     r = cli("run", "--config", str(tmp_path / "nope.yaml"))
     assert r.returncode == 2 and "cannot read" in r.stderr
+
+
+def test_run_refuses_several_workers_without_redis(tmp_path: Path) -> None:
+    """Several workers keep sessions and limits in Redis; without it `run` refuses instead of misbehaving."""
+    pol = tmp_path / "policies"
+    pol.mkdir()
+    (pol / "servers.yaml").write_text("servers: {}\n")
+    cfg = tmp_path / "config.yaml"
+    cfg.write_text(f"listen: {{port: 18099}}\nworkers: 2\npolicies_dir: {pol}\nredis: {{url: null}}\n")
+    out = subprocess.run(
+        [PYTHON, "-m", "gateway", "run", "--config", str(cfg)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert out.returncode == 2
+    assert "workers > 1 needs redis.url" in out.stderr + out.stdout
