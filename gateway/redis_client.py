@@ -63,7 +63,8 @@ def install_redis(app: web.Application, settings: Settings) -> None:
                 return f"redis: {type(exc).__name__}"
             return None
 
-        add_readiness_check(app, "redis", check)
+        # not required: without Redis the gateway falls back to its in-process stores (degraded, still serving)
+        add_readiness_check(app, "redis", check, required=False)
 
     async def ctx(_: web.Application) -> AsyncIterator[None]:
         yield

@@ -12,6 +12,7 @@ from gateway.audit.postgres import PostgresSink
 from gateway.audit.sinks import AuditSink, JsonlFileSink
 from gateway.metrics import METRICS
 from gateway.observers import add_observer
+from gateway.ops import add_readiness_check
 from gateway.settings import Settings
 
 AUDIT: web.AppKey[AuditPipeline] = web.AppKey("audit_pipeline", AuditPipeline)
@@ -38,6 +39,13 @@ def install(app: web.Application, settings: Settings) -> None:
     pipeline = AuditPipeline(settings.audit, metrics, build_sink(settings), settings.path(settings.audit.spool_path))
     app[AUDIT] = pipeline
     add_observer(app, pipeline)
+    if settings.audit.sink == "postgres":
+
+        async def postgres_ready() -> str | None:
+            # not required: while PostgreSQL is down records are spooled and replayed later (degraded)
+            return None if pipeline.sink_up else "postgres: audit sink down, spooling"
+
+        add_readiness_check(app, "postgres", postgres_ready, required=False)
 
     async def lifecycle(_: web.Application) -> AsyncIterator[None]:
         await pipeline.start()
