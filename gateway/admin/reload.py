@@ -1,0 +1,28 @@
+"""`POST /admin/reload` (admin scope): reload the policy files now, answering with the result.
+
+The same reload as a file change or SIGHUP; a failed reload keeps the last good snapshot and answers 422 with
+every problem (file, path, reason), so a deploy pipeline can gate on it.
+"""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+
+from gateway.admin.auth import admin_error, require_admin
+from gateway.errors import GatewayError
+from gateway.policy.store import POLICY
+
+
+async def reload_handler(request: web.Request) -> web.Response:
+    try:
+        await require_admin(request)
+    except GatewayError as err:
+        return admin_error(err)
+    result = await request.app[POLICY].reload("admin")
+    body = {"ok": result.ok, "version": result.version, "changed": result.changed, "errors": list(result.errors)}
+    return web.Response(status=200 if result.ok else 422, body=orjson.dumps(body), content_type="application/json")
+
+
+def install_routes(app: web.Application) -> None:
+    app.router.add_post("/admin/reload", reload_handler)

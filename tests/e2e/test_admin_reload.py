@@ -1,0 +1,43 @@
+"""POST /admin/reload: admin scope only; a good edit is applied, a broken one is refused with its problems."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.harness import default_policies, running, start_gateway, start_upstream
+
+pytestmark = pytest.mark.e2e
+
+
+async def test_admin_reload(tmp_path: Path) -> None:
+    up = start_upstream(tmp_path)
+    pol = default_policies(up.url, health={"enabled": False})
+    gw = start_gateway(
+        tmp_path / "gw",
+        pol,
+        keys={"adm": {"tenant": "acme", "scopes": ["read", "write", "admin"]}, "usr": {"tenant": "acme"}},
+        # no file polling: only the admin call may reload
+        config={"policy_poll_seconds": 0},
+    )
+    with running(gw, up):
+        async with httpx.AsyncClient(timeout=10) as c:
+            denied = await c.post(f"{gw.base}/admin/reload", headers=gw.auth("usr"))
+            assert denied.status_code == 403
+            assert denied.json()["error"]["data"]["reason"] == "admin_scope_required"
+            assert (await c.post(f"{gw.base}/admin/reload")).status_code == 401
+
+            before = (await c.get(f"{gw.base}/readyz")).json()["policy_version"]
+            gw.write_policies({"tenants.yaml": {"tenants": {"acme": {"servers": ["example"], "weight": 2}}}})
+            ok = await c.post(f"{gw.base}/admin/reload", headers=gw.auth("adm"))
+            assert ok.status_code == 200, ok.text
+            assert ok.json()["ok"] is True and ok.json()["changed"] is True and ok.json()["version"] != before
+            assert (await c.get(f"{gw.base}/readyz")).json()["policy_version"] == ok.json()["version"]
+
+            gw.write_policies({"tenants.yaml": "tenants: {acme: {weight: -1}}\n"})
+            bad = await c.post(f"{gw.base}/admin/reload", headers=gw.auth("adm"))
+            assert bad.status_code == 422
+            assert bad.json()["ok"] is False and bad.json()["version"] == ok.json()["version"]
+            assert any("tenants.yaml: tenants.acme.weight" in e for e in bad.json()["errors"])
