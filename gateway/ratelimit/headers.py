@@ -10,13 +10,25 @@ from collections.abc import Sequence
 from gateway.ratelimit.compiled import window_seconds
 from gateway.ratelimit.gcra import TierResult
 
+# `RateLimit-Policy` entries by (name, burst, interval): a tier's entry only changes with the policy (or a tenant's
+# fair share), so formatting it for every response is wasted work. Bounded: cleared when it grows past the cap.
+_POLICY_ITEMS: dict[tuple[str, float, float], str] = {}
+_POLICY_ITEMS_MAX = 4096
+
+
+def _policy_item(r: TierResult) -> str:
+    key = (r.name, r.burst, r.interval)
+    item = _POLICY_ITEMS.get(key)
+    if item is None:
+        item = f'"{r.name}";q={max(1, math.floor(r.burst))};w={window_seconds(r.interval, r.burst)}'
+        if len(_POLICY_ITEMS) >= _POLICY_ITEMS_MAX:
+            _POLICY_ITEMS.clear()
+        _POLICY_ITEMS[key] = item
+    return item
+
 
 def policy_header(results: Sequence[TierResult]) -> str:
-    return ", ".join(
-        f'"{r.name}";q={max(1, math.floor(r.burst))};w={window_seconds(r.interval, r.burst)}'
-        for r in results
-        if not r.shadow
-    )
+    return ", ".join([_policy_item(r) for r in results if not r.shadow])
 
 
 def _tightest(results: Sequence[TierResult]) -> TierResult | None:
@@ -24,7 +36,8 @@ def _tightest(results: Sequence[TierResult]) -> TierResult | None:
     for r in results:
         if r.shadow:
             continue
-        if best is None or (r.remaining, -r.reset) < (best.remaining, -best.reset):
+        if best is None or r.remaining < best.remaining or (r.remaining == best.remaining and r.reset > best.reset):
+            # (remaining, -reset) ordering without building two tuples per tier
             best = r
     return best
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable, Sequence
+from math import floor
 from typing import Protocol
 
-from gateway.ratelimit.gcra import SlotCheck, SlotHold, TierCheck, Verdict, decide, refusing_tier
+from gateway.ratelimit.gcra import EPS, SlotCheck, SlotHold, TierCheck, TierResult, Verdict, refusing_tier
 
 
 class LimiterStore(Protocol):
@@ -46,8 +47,31 @@ class MemoryStore:
         self._ops += 1
         if self._ops % self._sweep_every == 0:
             self.sweep(now)
-        admitted, outcomes = decide(tiers, [self._tats.get(t.key) for t in tiers], now)
-        results = [o.result for o in outcomes]
+        # gcra.evaluate/decide inlined (same expressions, same order, so the same floats): this runs for every
+        # request, and the per-tier TierOutcome objects and intermediate lists cost more than the arithmetic
+        tats = self._tats
+        results: list[TierResult] = []
+        news: list[float | None] = []
+        admitted = True
+        for check in tiers:
+            t = check.interval
+            tau = check.burst * t
+            tat = tats.get(check.key)
+            base = now if tat is None or tat < now else tat
+            new = base + check.cost * t
+            diff = new - now
+            if diff <= tau + EPS:
+                remaining = floor((tau - diff + EPS) / t)
+                results.append(TierResult(check.name, True, remaining, 0.0, diff, check.burst, t, check.shadow))
+                news.append(new)
+            else:
+                remaining = max(0, floor((tau - (base - now) + EPS) / t))
+                results.append(
+                    TierResult(check.name, False, remaining, diff - tau, base - now, check.burst, t, check.shadow)
+                )
+                news.append(None)
+                if not check.shadow:
+                    admitted = False
         if not admitted:
             return Verdict(False, results, refusing_tier(results), backend=self.name)
         for slot in slots:
@@ -57,9 +81,9 @@ class MemoryStore:
                     del held[member]
                 if len(held) >= slot.cap:
                     return Verdict(False, results, None, slot_refused=slot, backend=self.name)
-        for check, outcome in zip(tiers, outcomes, strict=True):
-            if outcome.new_tat is not None:
-                self._tats[check.key] = outcome.new_tat
+        for check, new_tat in zip(tiers, news, strict=True):
+            if new_tat is not None:
+                tats[check.key] = new_tat
         hold = None
         if slots:
             member = f"m{next(self._ids)}"

@@ -150,3 +150,30 @@ def test_never_more_than_burst_plus_rate_times_window(rate: float, burst: int, g
     for i in range(len(times)):
         for j in range(i, len(times)):
             assert j - i + 1 <= burst + rate * (times[j] - times[i]) + 1e-6
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    specs=st.lists(
+        st.tuples(st.floats(0.5, 50), st.integers(1, 20), st.integers(0, 5), st.booleans()), min_size=1, max_size=4
+    ),
+    gaps=st.lists(st.floats(0, 0.5), min_size=1, max_size=60),
+)
+def test_store_answers_exactly_as_decide(specs: list[tuple[float, int, int, bool]], gaps: list[float]) -> None:
+    # the store inlines gcra.decide for speed; it must give the same results and write the same TATs
+    clock = Clock()
+    store = MemoryStore(clock)
+    tats: dict[str, float] = {}
+    checks = [TierCheck(f"t{i}", f"k{i}", 1.0 / r, b, c, s) for i, (r, b, c, s) in enumerate(specs)]
+    for gap in gaps:
+        clock.t += gap
+        admitted, outcomes = decide(checks, [tats.get(c.key) for c in checks], clock.t)
+        verdict = store.decide_now(checks, [], 0)
+        assert verdict.allowed == admitted
+        assert verdict.tiers == [o.result for o in outcomes]
+        assert verdict.refused_by == (None if admitted else refusing_tier(verdict.tiers))
+        if admitted:
+            for c, o in zip(checks, outcomes, strict=True):
+                if o.new_tat is not None:
+                    tats[c.key] = o.new_tat
+        assert store._tats == tats
