@@ -13,7 +13,6 @@ from gateway.context import RequestContext, ShadowDecision
 from gateway.errors import IpBlocked, RateLimited
 from gateway.policy.snapshot import Snapshot
 from gateway.ratelimit.compiled import CompiledLimits
-from gateway.ratelimit.gcra import TierCheck
 from gateway.ratelimit.headers import limit_headers
 from gateway.ratelimit.install import LIMITER
 from gateway.ratelimit.service import RateLimiter
@@ -27,21 +26,24 @@ class ClientGuard:
         self._limiter = limiter
         self._blocker = limiter.blocker
         self._ddos = compiled.ddos.enabled
+        self._params = compiled.ddos
+        self._rate = compiled.ip
+        self._store = limiter.ip_store
 
     async def __call__(self, ctx: RequestContext) -> None:
         ip = ctx.client_ip
+        blocker = self._blocker
         if self._ddos:
-            left = self._blocker.blocked_for(ip)
-            if left > 0 and not self._blocker.allowlisted(ip, self._c.ddos):
+            left = blocker.blocked_for(ip)
+            if left > 0 and not blocker.allowlisted(ip, self._params):
                 self._limiter.metrics.ip_blocked_requests.inc()
                 raise IpBlocked("client IP is temporarily blocked", retry_after=left, data={"limit": "ip_block"})
-        rate = self._c.ip
-        if rate is None or self._blocker.allowlisted(ip, self._c.ddos):
+        rate = self._rate
+        if rate is None or blocker.allowlisted(ip, self._params):
             return
-        check = TierCheck("ip", ip, rate.interval, rate.burst, 1, rate.shadow)
-        verdict = self._limiter.ip_store.decide_now((check,), (), 0.0)
-        result = verdict.tiers[0]
-        if result.allowed:
+        # the store's single-tier path: nothing is allocated for an admitted request (the common case by far)
+        result = self._store.refusal_one("ip", ip, rate.interval, rate.burst, 1, rate.shadow)
+        if result is None:
             return
         if result.shadow:
             self._limiter.metrics.refused("ip", True)
@@ -52,7 +54,7 @@ class ClientGuard:
         raise RateLimited(
             "too many requests from this IP",
             retry_after=result.retry_after,
-            headers=limit_headers(verdict.tiers, result),
+            headers=limit_headers([result], result),
             data={"limit": "ip"},
         )
 

@@ -25,6 +25,7 @@ from gateway.ratelimit.service import RateLimiter
 from gateway.ratelimit.shares import ANONYMOUS_TENANT
 
 CALL_METHOD = "tools/call"
+_MAX_CACHED_CHECKS = 8192
 
 
 def request_cost(ctx: RequestContext, c: CompiledLimits) -> tuple[int, bool]:
@@ -62,6 +63,29 @@ class RateLimitFilter:
     def __init__(self, compiled: CompiledLimits, limiter: RateLimiter) -> None:
         self._c = compiled
         self._limiter = limiter
+        # TierChecks by store key, reused while their numbers stay the same: a client's tiers are the same from one
+        # request to the next (the filter is built per policy snapshot), and building them is a measurable part of
+        # the stage's cost. Bounded: cleared when it grows past the cap.
+        self._checks: dict[str, TierCheck] = {}
+
+    def _check(
+        self, name: str, key: str, interval: float, burst: float, cost: int, shadow: bool, shared: bool
+    ) -> TierCheck:
+        hit = self._checks.get(key)
+        # the name and `shared` follow from the key's prefix; the rest can change (cost, fair share, role)
+        if (
+            hit is not None
+            and hit.cost == cost
+            and hit.interval == interval
+            and hit.burst == burst
+            and hit.shadow == shadow
+        ):
+            return hit
+        check = TierCheck(name, key, interval, burst, cost, shadow, shared)
+        if len(self._checks) >= _MAX_CACHED_CHECKS:
+            self._checks.clear()
+        self._checks[key] = check
+        return check
 
     def _tiers(self, ctx: RequestContext, tenant: str, cost: int) -> list[TierCheck]:
         c = self._c
@@ -69,7 +93,7 @@ class RateLimitFilter:
         tiers: list[TierCheck] = []
         g = c.global_
         if g is not None:
-            tiers.append(TierCheck("global", "g", g.interval, g.burst, cost, g.shadow, shared=True))
+            tiers.append(self._check("global", "g", g.interval, g.burst, cost, g.shadow, True))
         ceiling = c.tenant_ceiling
         share = None
         if c.fair is not None:
@@ -80,20 +104,20 @@ class RateLimitFilter:
             rate = max(1e-3, share if ceiling is None else min(share, ceiling.rate))
             burst = ceiling.burst if ceiling is not None else max(1.0, rate * c.fair_burst_seconds)
             shadow = ceiling.shadow if ceiling is not None else (g.shadow if g is not None else False)
-            tiers.append(TierCheck("tenant", f"t:{tenant}", 1.0 / rate, burst, cost, shadow, shared=True))
+            tiers.append(self._check("tenant", f"t:{tenant}", 1.0 / rate, burst, cost, shadow, True))
         elif ceiling is not None:
             tiers.append(
-                TierCheck("tenant", f"t:{tenant}", ceiling.interval, ceiling.burst, cost, ceiling.shadow, shared=True)
+                self._check("tenant", f"t:{tenant}", ceiling.interval, ceiling.burst, cost, ceiling.shadow, True)
             )
         if p is not None:
             role = c.roles.get(p.role)
             if role is not None:
                 who = f"ip:{ctx.client_ip}" if p.is_anonymous else f"{p.tenant}:{p.subject}"
-                tiers.append(TierCheck("user", f"u:{who}", role.interval, role.burst, cost, role.shadow))
+                tiers.append(self._check("user", f"u:{who}", role.interval, role.burst, cost, role.shadow, False))
             if p.key_id is not None:
                 k = c.keys.get(p.key_id)
                 if k is not None:
-                    tiers.append(TierCheck("key", f"k:{p.key_id}", k.interval, k.burst, cost, k.shadow))
+                    tiers.append(self._check("key", f"k:{p.key_id}", k.interval, k.burst, cost, k.shadow, False))
         return tiers
 
     def _slots(self, ctx: RequestContext, tenant: str, calls: bool) -> list[SlotCheck]:
@@ -132,9 +156,10 @@ class RateLimitFilter:
         metrics.decided(verdict.allowed, verdict.backend)
         ctx.cost = cost
         ctx.notes["ratelimit_backend"] = verdict.backend
-        for shadow in verdict.shadow_refusals:
-            metrics.refused(shadow.name, True)
-            ctx.shadow.append(ShadowDecision(self.stage, f"rate_limited:{shadow.name}"))
+        for result in verdict.tiers:  # verdict.shadow_refusals, without building the list when there are none
+            if result.shadow and not result.allowed:
+                metrics.refused(result.name, True)
+                ctx.shadow.append(ShadowDecision(self.stage, f"rate_limited:{result.name}"))
         if not verdict.allowed:
             if verdict.slot_refused is not None:
                 slot = verdict.slot_refused

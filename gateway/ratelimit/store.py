@@ -95,6 +95,29 @@ class MemoryStore:
     async def decide(self, tiers: Sequence[TierCheck], slots: Sequence[SlotCheck], slot_ttl: float) -> Verdict:
         return self.decide_now(tiers, slots, slot_ttl)
 
+    def refusal_one(
+        self, name: str, key: str, interval: float, burst: float, cost: int, shadow: bool
+    ) -> TierResult | None:
+        """One tier, no slots: what `decide_now([TierCheck(name, key, interval, burst, cost, shadow)], [], 0)` decides
+        (and writes), but allocating nothing when the tier admits. None = admitted; otherwise the refusing tier's
+        result (enforced or shadow; a shadow refusal, like an enforced one, leaves the TAT untouched). The per-IP
+        guard runs this for every request, before anything else."""
+        now = self._clock()
+        self._ops += 1
+        if self._ops % self._sweep_every == 0:
+            self.sweep(now)
+        t = interval
+        tau = burst * t
+        tat = self._tats.get(key)
+        base = now if tat is None or tat < now else tat
+        new = base + cost * t
+        diff = new - now
+        if diff <= tau + EPS:
+            self._tats[key] = new
+            return None
+        remaining = max(0, floor((tau - (base - now) + EPS) / t))
+        return TierResult(name, False, remaining, diff - tau, base - now, burst, t, shadow)
+
     def release_now(self, hold: SlotHold) -> None:
         for key in hold.keys:
             held = self._slots.get(key)

@@ -177,3 +177,23 @@ def test_store_answers_exactly_as_decide(specs: list[tuple[float, int, int, bool
                 if o.new_tat is not None:
                     tats[c.key] = o.new_tat
         assert store._tats == tats
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    rate=st.floats(0.5, 50),
+    burst=st.integers(1, 20),
+    shadow=st.booleans(),
+    gaps=st.lists(st.floats(0, 0.5), min_size=1, max_size=60),
+)
+def test_single_tier_path_answers_as_decide_now(rate: float, burst: int, shadow: bool, gaps: list[float]) -> None:
+    # the per-IP guard's allocation-free path must decide and write exactly what decide_now does
+    clock = Clock()
+    full, one = MemoryStore(clock), MemoryStore(clock)
+    check = TierCheck("ip", "1.2.3.4", 1.0 / rate, burst, 1, shadow)
+    for gap in gaps:
+        clock.t += gap
+        result = full.decide_now([check], [], 0).tiers[0]
+        got = one.refusal_one("ip", "1.2.3.4", check.interval, check.burst, 1, shadow)
+        assert got == (None if result.allowed else result)
+        assert one._tats == full._tats
