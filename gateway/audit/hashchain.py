@@ -26,7 +26,12 @@ GENESIS = "0" * 64
 
 
 def canonical(record: dict[str, Any]) -> bytes:
-    body = {k: v for k, v in record.items() if k != "hash"}
+    if "hash" in record:
+        # a C-level copy and one delete cost a fraction of a per-key comprehension over ~36 keys
+        body = dict(record)
+        del body["hash"]
+    else:
+        body = record  # the writer hashes before adding `hash`: nothing to leave out, no copy needed
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
