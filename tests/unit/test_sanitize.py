@@ -114,3 +114,50 @@ def test_output_is_postgres_and_json_safe() -> None:
     assert "\x00" not in orjson.dumps(out).decode()
     # surrogate escapes (undecodable header bytes) become replacement characters instead of breaking orjson
     assert orjson.dumps(sanitize({"h": "bad\udcff"}))
+
+
+def _redact_every_pattern(text: str) -> str:
+    """redact_text without its one-scan prefilter: every pattern in turn, as the documented rules read."""
+    from gateway.audit.sanitize import _CARD_CANDIDATE, VALUE_PATTERNS, _card_sub, _valid_unicode
+
+    text = _valid_unicode(text)
+    for label, pattern in VALUE_PATTERNS:
+        text = pattern.sub(f"[REDACTED:{label}]", text)
+    if any(c.isdigit() for c in text):
+        text = _CARD_CANDIDATE.sub(_card_sub, text)
+    return text
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "memory",
+        "hello world",
+        "BEARER abcdefghijklmnop1234",
+        "Token: abc",
+        "x-aws_secret_access_key = " + "A" * 40,
+        "AccountKey=" + "a" * 44,
+        "see https://user:pw@example.com/x and xoxb-1234567890-abc",
+        "sk-proj-" + "a" * 24 + " and rk_test_" + "b" * 16,
+        "PRIVATE KEY without a begin line",
+        "-----BEGIN PRIVATE KEY-----\nunterminated",
+        "digits 1234 5678 9012 3456 789 and \uff14\uff11\uff11\uff11 fullwidth \u00b2\u00b3",
+        "4111111111111111",
+        "a\x00b \udcff eyJabcdef.ghijklm.nop",
+        "ghp_" + "z" * 35,
+        "mgw_k1_short",
+    ],
+)
+def test_prefilter_never_changes_the_redaction(text: str) -> None:
+    assert redact_text(text) == _redact_every_pattern(text)
+
+
+@pytest.mark.parametrize("text", ["tools/call", "x" * 16, "x" * 17, "a\x00b", "é" * 3, "bad\udcff", ""])
+def test_clean_text_fast_path_matches_the_slow_one(text: str) -> None:
+    from gateway.audit.sanitize import _valid_unicode, clean_text
+
+    slow = _valid_unicode(text)
+    if len(slow) > 16:
+        slow = f"{slow[:16]}...[truncated {len(slow) - 16} chars]"
+    assert clean_text(text, 16) == slow
