@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 # one microsecond of tolerance on every comparison: float times are inexact, and a request that lands exactly on
 # the boundary (cost == burst on an idle tier, say) must be admitted by both stores alike
@@ -49,8 +50,10 @@ class SlotCheck:
     cap: int
 
 
-@dataclass(frozen=True, slots=True)
-class TierResult:
+class TierResult(NamedTuple):
+    """One tier's answer. Immutable like the other records here, but a NamedTuple: the store builds one per tier per
+    request, and a NamedTuple is built in about a third of the time of a frozen dataclass."""
+
     name: str
     allowed: bool
     remaining: int  # units still admissible now
