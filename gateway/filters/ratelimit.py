@@ -19,7 +19,7 @@ from gateway.jsonrpc import Kind
 from gateway.policy.snapshot import Snapshot
 from gateway.ratelimit.compiled import CompiledLimits
 from gateway.ratelimit.gcra import SlotCheck, SlotHold, TierCheck
-from gateway.ratelimit.headers import limit_headers
+from gateway.ratelimit.headers import add_limit_headers, limit_headers
 from gateway.ratelimit.install import LIMITER
 from gateway.ratelimit.service import RateLimiter
 from gateway.ratelimit.shares import ANONYMOUS_TENANT
@@ -181,7 +181,7 @@ class RateLimitFilter:
                 data={"limit": refused.name},
             )
         if verdict.tiers:
-            ctx.response_headers.update(limit_headers(verdict.tiers))
+            add_limit_headers(ctx.response_headers, verdict.tiers)
         hold = verdict.hold
         if hold is not None:
             ctx.releases.append(_releaser(limiter, hold))

@@ -53,10 +53,26 @@ def ratelimit_header(results: Sequence[TierResult], refused: TierResult | None =
 
 def limit_headers(results: Sequence[TierResult], refused: TierResult | None = None) -> dict[str, str]:
     out: dict[str, str] = {}
-    policy = policy_header(results)
-    if policy:
-        out["RateLimit-Policy"] = policy
-    value = ratelimit_header(results, refused)
-    if value is not None:
-        out["RateLimit"] = value
+    add_limit_headers(out, results, refused)
     return out
+
+
+def add_limit_headers(out: dict[str, str], results: Sequence[TierResult], refused: TierResult | None = None) -> None:
+    """`out.update(limit_headers(results, refused))` in one pass over the tiers and without the intermediate dict:
+    the rate-limit stage runs it for every admitted request."""
+    items: list[str] = []
+    best: TierResult | None = None
+    for r in results:
+        if r.shadow:
+            continue
+        item = _POLICY_ITEMS.get((r.name, r.burst, r.interval))
+        items.append(_policy_item(r) if item is None else item)
+        # _tightest
+        if best is None or r.remaining < best.remaining or (r.remaining == best.remaining and r.reset > best.reset):
+            best = r
+    if items:
+        out["RateLimit-Policy"] = ", ".join(items)
+    if refused is not None:
+        out["RateLimit"] = f'"{refused.name}";r=0;t={max(1, math.ceil(refused.retry_after - 1e-9))}'
+    elif best is not None:
+        out["RateLimit"] = f'"{best.name}";r={best.remaining};t={max(0, math.ceil(best.reset - 1e-9))}'
