@@ -112,8 +112,9 @@ class RateLimitFilter:
         if p is not None:
             role = c.roles.get(p.role)
             if role is not None:
-                who = f"ip:{ctx.client_ip}" if p.is_anonymous else f"{p.tenant}:{p.subject}"
-                tiers.append(self._check("user", f"u:{who}", role.interval, role.burst, cost, role.shadow, False))
+                # "u:" + who, who being "ip:<client ip>" for anonymous callers, "<tenant>:<subject>" otherwise
+                key = f"u:ip:{ctx.client_ip}" if p.is_anonymous else f"u:{p.tenant}:{p.subject}"
+                tiers.append(self._check("user", key, role.interval, role.burst, cost, role.shadow, False))
             if p.key_id is not None:
                 k = c.keys.get(p.key_id)
                 if k is not None:

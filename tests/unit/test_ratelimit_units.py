@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from gateway.auth.principal import Principal
@@ -18,7 +21,7 @@ from gateway.policy.model import PolicySet
 from gateway.policy.snapshot import Snapshot
 from gateway.ratelimit.compiled import compile_limits
 from gateway.ratelimit.gcra import TierResult
-from gateway.ratelimit.headers import limit_headers
+from gateway.ratelimit.headers import limit_headers, policy_header, ratelimit_header
 from gateway.ratelimit.ipblock import DdosParams, IpBlocker, parse_allowlist
 from gateway.ratelimit.metrics import RateLimitMetrics
 from gateway.ratelimit.shares import FairParams, FairShares
@@ -166,3 +169,45 @@ def test_tenant_default_caps_every_tenant_share() -> None:
 def test_no_fair_share_without_a_global_rate() -> None:
     assert compile_limits(snapshot({"tenant_default": {"rate": 10}})).fair is None
     assert compile_limits(snapshot({"global": {"rate": 10}, "fairness": {"enabled": False}})).fair is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["global", "tenant", "user", "key", "ip"]),
+            st.booleans(),
+            st.integers(0, 1000),
+            st.floats(0, 100),
+            st.floats(0, 100),
+            st.floats(1, 1000),
+            st.floats(0.001, 10),
+            st.booleans(),
+        ),
+        max_size=5,
+    ),
+    st.booleans(),
+)
+def test_limit_headers_are_policy_header_and_ratelimit_header(
+    rows: list[tuple[str, bool, int, float, float, float, float, bool]], refuse: bool
+) -> None:
+    # limit_headers builds both headers in one pass and caches policy entries: it must say byte for byte what the
+    # plain formatting (the header definitions, spelled out here) says
+    results = [TierResult(*row) for row in rows]
+    enforced = [r for r in results if not r.shadow]
+    refused = enforced[0] if refuse and enforced else None
+    expected: dict[str, str] = {}
+    if enforced:
+        expected["RateLimit-Policy"] = ", ".join(
+            f'"{r.name}";q={max(1, math.floor(r.burst))};w={max(1, math.ceil(r.interval * r.burst - 1e-9))}'
+            for r in enforced
+        )
+    if refused is not None:
+        expected["RateLimit"] = f'"{refused.name}";r=0;t={max(1, math.ceil(refused.retry_after - 1e-9))}'
+    elif enforced:
+        tight = min(enforced, key=lambda r: (r.remaining, -r.reset))
+        expected["RateLimit"] = f'"{tight.name}";r={tight.remaining};t={max(0, math.ceil(tight.reset - 1e-9))}'
+    for _ in range(2):  # the second time from the cache
+        assert limit_headers(results, refused) == expected
+        assert policy_header(results) == expected.get("RateLimit-Policy", "")
+        assert ratelimit_header(results, refused) == expected.get("RateLimit")
