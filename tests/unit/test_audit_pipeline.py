@@ -318,3 +318,59 @@ async def test_writer_survives_a_record_that_cannot_be_built(tmp_path: Path) -> 
     await pipe.stop()
     assert [r["request_id"] for r in sink.rows.values()] == ["after"]
     assert metrics.dropped.labels("build_failed")._value.get() == 1
+
+
+def test_capture_fills_every_field_in_order() -> None:
+    # capture() builds the event positionally: every field must land where its name says, so each gets a
+    # distinct value here and the result is compared field by field with a keyword-built event
+    import dataclasses
+
+    ctx = make_ctx(
+        {"jsonrpc": "2.0", "id": "x-9", "method": "resources/read", "params": {"uri": "file:///a"}},
+        principal=Principal("acme", "key:k1", key_id="k1", method="oauth"),
+        refused_stage="ratelimit",
+        refused_reason="tenant_quota",
+        http_status=429,
+        rpc_error_code=-32029,
+        upstream_status=503,
+        upstream_latency=0.25,
+        bytes_in=11,
+        bytes_out=22,
+    )
+    ctx.shadow.append(ShadowDecision("authz", "shadow_rule"))
+    ctx.notes["limit"] = "tenant"
+    ev = capture(ctx)
+    expected = AuditEvent(
+        ts_us=ev.ts_us,
+        started_us=int(ctx.started_wall * 1_000_000),
+        request_id="req-1",
+        server="example",
+        transport="streamable-http",
+        http_method="POST",
+        client_ip="10.0.0.7",
+        tenant="acme",
+        principal="key:k1",
+        key_id="k1",
+        auth_method="oauth",
+        upstream="http://user:pw@10.1.1.1:9000/mcp?token=abc",
+        session_id="sess-abc",
+        rpc_method="resources/read",
+        rpc_id="x-9",
+        tool=None,
+        resource_uri="file:///a",
+        refused_stage="ratelimit",
+        refused_reason="tenant_quota",
+        http_status=429,
+        rpc_error_code=-32029,
+        upstream_status=503,
+        latency_s=ev.latency_s,
+        upstream_latency_s=0.25,
+        bytes_in=11,
+        bytes_out=22,
+        shadow=(("authz", "shadow_rule"),),
+        arguments={"uri": "file:///a"},
+        notes={"limit": "tenant"},
+        admin=False,
+    )
+    assert dataclasses.asdict(ev) == dataclasses.asdict(expected)
+    assert ev.latency_s is not None and ev.latency_s >= 0 and ev.ts_us >= expected.started_us
