@@ -30,18 +30,28 @@ from typing import Any
 import orjson
 
 from tests.harness import ROOT, Gateway
-from tests.perf.diagnostics import measure_gc, measure_redis_round_trips, run_profile, start_probed_gateway
+from tests.perf.diagnostics import (
+    measure_audit_throughput,
+    measure_gc,
+    measure_redis_round_trips,
+    run_profile,
+    start_probed_gateway,
+)
 from tests.perf.measure import log, measure_idle_streams, measure_json, measure_sse, raise_fd_limit
 from tests.perf.report import (
     Raw,
     check_issue_targets,
+    cost_rows,
     per_round_ratios,
+    render_costs,
     render_diagnostics,
     render_markdown,
     render_table,
     summarize,
 )
 from tests.perf.targets import (
+    NO_AUDIT,
+    NO_LIMITS,
     Backends,
     Target,
     backend_activity,
@@ -58,10 +68,30 @@ from tests.perf.targets import (
 
 RESULTS = ROOT / "tests" / "perf" / "results" / "latest.json"
 JSON_SCENARIOS = {"json_c1": 1, "json_c32": 32}
-# the two-worker target only makes sense under concurrency; gw_gc_tuned runs only with --gc-tuned-target
+# the two-worker target only makes sense under concurrency; gw_gc_tuned runs only with --gc-tuned-target. The cost
+# targets (a gateway without rate limits, one with the least audit) run only at 32 connections, to keep the run
+# short, and are listed next to the target they are compared with, so a pair is measured seconds apart
+COST_TARGETS = {
+    # name: label; tests/perf/report.py COSTS says which target each is compared with
+    "gw_embedded_nolimit": "(c-nolimit) (c) without rate limits",
+    "gw_embedded_noaudit": "(c-noaudit) (c), audit sink log, no records",
+    "gw_redis_pg_nolimit": "(d-nolimit) (d) without rate limits",
+    "gw_redis_pg_noaudit": "(d-noaudit) (d), audit sink log, no records",
+}
 SCENARIO_TARGETS = {
     "json_c1": ("direct", "bare", "gw_embedded", "gw_redis_pg", "gw_gc_tuned"),
-    "json_c32": ("direct", "bare", "gw_embedded", "gw_redis_pg", "gw_workers2", "gw_gc_tuned"),
+    "json_c32": (
+        "direct",
+        "bare",
+        "gw_embedded",
+        "gw_embedded_nolimit",
+        "gw_embedded_noaudit",
+        "gw_redis_pg",
+        "gw_redis_pg_nolimit",
+        "gw_redis_pg_noaudit",
+        "gw_workers2",
+        "gw_gc_tuned",
+    ),
     "sse": ("direct", "bare", "gw_embedded", "gw_redis_pg"),
 }
 
@@ -96,6 +126,8 @@ def machine_info(rounds: int, args: argparse.Namespace) -> dict[str, Any]:
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "quick": args.quick,
+        "cost_targets": not args.no_cost_targets,
+        "audit_records": args.audit_records,
     }
 
 
@@ -114,6 +146,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="also measure (c) with the suggested GC tuning (gc_probe --tuned) as a diagnostic target",
     )
+    p.add_argument(
+        "--no-cost-targets",
+        action="store_true",
+        help="skip the diagnostic targets without rate limits / with the least audit (limiter and audit cost)",
+    )
+    p.add_argument("--audit-records", type=int, default=None, help="records per audit throughput run (50000)")
     p.add_argument("--output", type=Path, default=RESULTS)
     p.add_argument("--keep-workdir", action="store_true", help="keep logs and audit files (kept anyway on failure)")
     args = p.parse_args(argv)
@@ -123,6 +161,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.streams = args.streams or (200 if q else 2000)
     args.sse_events = args.sse_events or (50 if q else 200)
     args.profile_seconds = args.profile_seconds or (3.0 if q else 10.0)
+    args.audit_records = args.audit_records or (20_000 if q else 50_000)
     if args.rounds < 1 or args.duration <= 0 or args.streams < 1:
         p.error("--rounds, --duration and --streams must be positive")
     return args
@@ -198,6 +237,33 @@ def start_targets(run: Run, args: argparse.Namespace) -> dict[str, Target]:
         started["gw_workers2"] = gw3
     except (RuntimeError, TimeoutError) as exc:
         run.unavailable["(e) gateway, workers: 2"] = f"did not start: {str(exc)[-400:]}"
+    if not args.no_cost_targets:
+        # interleaved with the others at 32 connections: what the rate limiter and the audit trail cost the gateway.
+        # Own key prefixes; the (d) variants share (d)'s database (its audit rows include (d-nolimit)'s)
+        variants: list[tuple[str, str, dict[str, Any], bool]] = [
+            ("gw_embedded_nolimit", "embedded_nolimit", {}, False),
+            ("gw_embedded_noaudit", "embedded_noaudit", {"audit": NO_AUDIT}, True),
+        ]
+        if "gw_redis_pg" in started:
+            for suffix, extra, limits in (("nolimit", {}, False), ("noaudit", {"audit": NO_AUDIT}, True)):
+                redis_cfg = {**cfg["redis"], "key_prefix": f"{backends.key_prefix}{suffix}:"}
+                variants.append(
+                    (f"gw_redis_pg_{suffix}", f"redis_pg_{suffix}", {**cfg, "redis": redis_cfg, **extra}, limits)
+                )
+        for name, subdir, vcfg, limits in variants:
+            label = COST_TARGETS[name]
+            try:
+                g = start_bench_gateway(run.workdir, subdir, up_port, pool, vcfg, limits=limits)
+            except (RuntimeError, TimeoutError) as exc:
+                run.unavailable[label] = f"did not start: {str(exc)[-400:]}"
+                continue
+            run.procs.append(g)
+            started[name] = g
+            targets[name] = gateway_target(name, label, g)
+            targets[name].notes["config"] = {
+                "limits": "on" if limits else NO_LIMITS,
+                "audit": vcfg.get("audit", "as its base"),
+            }
     if args.gc_tuned_target:
         try:
             gw4 = start_probed_gateway(run.workdir, "gc_tuned", up_port, pool, run.workdir / "gc-target.json", True)
@@ -292,6 +358,10 @@ def main(argv: list[str] | None = None) -> int:
         log("Redis commands per request (private redis-server)")
         redis_calls = measure_redis_round_trips(run.workdir, run.up_port, min(args.duration, 2.0))
         log(f"   {redis_calls}")
+        redis_calls_nolimit = measure_redis_round_trips(run.workdir, run.up_port, min(args.duration, 2.0), limits=False)
+        log(f"   without limits: {redis_calls_nolimit}")
+        audit_rate = measure_audit_throughput(run.workdir, args.audit_records, args.rounds)
+        log(f"   {audit_rate}")
         log("GC share of CPU under 32 connections (gc_probe), default vs tuned")
         gc_stats = measure_gc(run.workdir, run.up_port, args.duration, args.warmup)
 
@@ -311,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nload average at start {load_at_start}, at end {load_now} (nproc {os.cpu_count()})")
         print(f"\nchain stages: {stages}")
         print(f"backend activity: {activity}")
+        print(render_costs(labels, ratios, redis_calls, redis_calls_nolimit, audit_rate))
         print(render_diagnostics(labels, redis_calls, gc_stats, profile))
         result = {
             "machine": {**machine_info(args.rounds, args), "loadavg_at_start": load_at_start},
@@ -323,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
             "sse": {"interval_s": run.tick_interval, "events_per_round": args.sse_events},
             "idle_streams": memory,
             "redis_commands": redis_calls,
+            "redis_commands_nolimit": redis_calls_nolimit,
+            "audit_throughput": audit_rate,
+            "costs": cost_rows(ratios),
             "gc": gc_stats,
             "issue_targets": checks,
             "profile": profile,

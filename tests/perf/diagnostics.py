@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
+import os
+import secrets
+import shutil
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -14,21 +19,28 @@ import orjson
 from tests.harness import PYTHON, ROOT, Gateway, Proc, start_redis, wait_port
 from tests.perf import profile as prof
 from tests.perf.measure import header_args, log, measure_json
+from tests.perf.stats import median
 from tests.perf.targets import (
     Target,
     commands_delta,
+    create_database,
+    drop_database,
     gateway_target,
+    migrate,
     redis_commands,
     start_bench_gateway,
     wait_ready,
 )
 
 
-def measure_redis_round_trips(workdir: Path, upstream_port: int, duration: float) -> dict[str, Any]:
+def measure_redis_round_trips(
+    workdir: Path, upstream_port: int, duration: float, limits: bool = True
+) -> dict[str, Any]:
     """Redis commands per tools/call, counted on a private redis-server that only this gateway talks to.
 
     INFO commandstats also counts the commands a Lua script runs, so EVALSHA plus its inner GET/SET/TIME appear;
-    client round trips are EVALSHA and the plain commands.
+    client round trips are EVALSHA and the plain commands. `limits=False`: the gateway of (d-nolimit), so the
+    difference is the limiter's share.
 
     The shared Redis of target (d) also serves other clients, so its counters cannot be attributed.
     """
@@ -41,7 +53,8 @@ def measure_redis_round_trips(workdir: Path, upstream_port: int, duration: float
     gw = None
     try:
         cfg = {"redis": {"url": inst.url, "key_prefix": "mgwbench:"}}
-        gw = start_bench_gateway(workdir, "redis_count", upstream_port, 64, cfg)
+        name = "redis_count" if limits else "redis_count_nolimit"
+        gw = start_bench_gateway(workdir, name, upstream_port, 64, cfg, limits=limits)
         wait_ready(gw)
         t = gateway_target("gw_redis_count", "gateway, private Redis", gw)
         measure_json(t, 1, 0.5, 0.0)  # warm: sessions, scripts loaded, pools connected
@@ -173,3 +186,84 @@ def run_profile(t: Target, args: argparse.Namespace, workdir: Path) -> dict[str,
             row for row in prof.top(parsed["inclusive"], total, 400) if "(gateway/" in row["function"]
         ][:25],
     }
+
+
+def run_bounded(argv: list[str], timeout: float, env: dict[str, str] | None = None) -> tuple[int | None, str, str]:
+    """Run argv in its own process group; past `timeout` the whole group is killed. (exit code or None, out, err)."""
+    proc = subprocess.Popen(
+        argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+        return proc.returncode, out, err
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate(timeout=10)
+        return None, out or "", err or ""
+
+
+def _audit_runs(sink: str, extra: list[str], records: int, repeats: int, tmp: Path, timeout: float) -> dict[str, Any]:
+    """`repeats` runs of tests/perf/audit_rate.py; median rows/s and observe() cost, and every run."""
+    runs: list[dict[str, Any]] = []
+    tmp.mkdir(parents=True, exist_ok=True)
+    try:
+        for _ in range(repeats):
+            argv = [PYTHON, "-m", "tests.perf.audit_rate", sink, "--records", str(records), *extra]
+            # the helper's mkdtemp directories land in tmp, removed below whatever happens
+            code, out, err = run_bounded(argv, timeout, {"TMPDIR": str(tmp)})
+            lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+            if code is None:
+                runs.append({"error": f"timed out after {timeout:.0f}s"})
+            elif code != 0 or not lines:
+                runs.append({"error": f"exit {code}: {err.strip()[-400:]}"})
+            else:
+                runs.append(orjson.loads(lines[-1]))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    ok = [r for r in runs if "error" not in r]
+    if not ok:
+        return {"error": runs[-1]["error"] if runs else "not run", "runs": runs}
+    return {
+        "rows_per_second": median([float(r["rows_per_second"]) for r in ok]),
+        "observe_ns": median([float(r["observe_ns"]) for r in ok]),
+        "records": records,
+        "runs": runs,
+    }
+
+
+def measure_audit_throughput(workdir: Path, records: int, repeats: int, timeout: float = 120.0) -> dict[str, Any]:
+    """Audit rows/s through the gateway's real pipeline (gateway/audit/throughput.py), file sink and PostgreSQL.
+
+    Each run is a subprocess bounded by `timeout`. PostgreSQL: a fresh database created and migrated here like
+    target (d)'s, dropped at the end even if a run was killed. The helper runs with `log_records: false` (no
+    structured-log line per record, unlike the gateway's default) and one writer.
+    """
+    out: dict[str, Any] = {"log_records": False}
+    log(f"audit throughput: file sink, {records} records x {repeats}")
+    out["file"] = _audit_runs("file", [], records, repeats, workdir / "audit-rate-file", timeout)
+    db_name = f"mgw_bench_audit_{secrets.token_hex(4)}"
+    try:
+        try:
+            dsn = create_database(db_name)
+        except Exception as exc:
+            out["postgres"] = {"error": f"PostgreSQL unavailable: {type(exc).__name__}: {exc}"}
+            return out
+        migrated = migrate(dsn)
+        if migrated != "ok":
+            out["postgres"] = {"error": f"migrate: {migrated}"}
+            return out
+        log(f"audit throughput: PostgreSQL sink (database {db_name}), {records} records x {repeats}")
+        out["postgres"] = _audit_runs(
+            "postgres", ["--dsn", dsn], records, repeats, workdir / "audit-rate-postgres", timeout
+        )
+        out["postgres"]["database"] = f"{db_name} (created, migrated, dropped)"
+    finally:
+        drop_database(db_name)
+    return out

@@ -10,6 +10,13 @@ from tests.perf.stats import fmt, median, ratio
 Raw = dict[str, dict[str, list[dict[str, Any]]]]  # scenario -> target -> one result per round
 
 GATEWAYS = ("gw_embedded", "gw_redis_pg", "gw_workers2", "gw_gc_tuned")
+# (what is measured, the target, the same target without it): cost ratios at 32 connections
+COSTS = (
+    ("limiter", "gw_embedded", "gw_embedded_nolimit"),
+    ("limiter", "gw_redis_pg", "gw_redis_pg_nolimit"),
+    ("audit", "gw_embedded", "gw_embedded_noaudit"),
+    ("audit", "gw_redis_pg", "gw_redis_pg_noaudit"),
+)
 
 
 def summarize(raw: Raw) -> dict[str, dict[str, dict[str, float]]]:
@@ -59,6 +66,14 @@ def per_round_ratios(raw: Raw) -> dict[str, float]:
     out["gw_gc_tuned_vs_gw_embedded_cpu_per_request_json_c32"] = paired(
         "json_c32", "gw_gc_tuned", "gw_embedded", "cpu_us_per_request", "/"
     )
+    # what the rate limiter and the audit trail cost: the target over the same target without them (paired per
+    # round). Throughput ratio < 1 and CPU-per-request ratio > 1 are the cost; the CPU delta is in us per request
+    for _, gw, without in COSTS:
+        out[f"{gw}_vs_{without}_rps_json_c32"] = paired("json_c32", gw, without, "rps", "/")
+        out[f"{gw}_vs_{without}_cpu_per_request_json_c32"] = paired("json_c32", gw, without, "cpu_us_per_request", "/")
+        out[f"{gw}_minus_{without}_cpu_us_per_request_json_c32"] = paired(
+            "json_c32", gw, without, "cpu_us_per_request", "-"
+        )
     out["bare_vs_direct_rps_json_c32"] = paired("json_c32", "bare", "direct", "rps", "/")
     out["bare_added_p50_ms_c1"] = paired("json_c1", "bare", "direct", "p50_ms", "-")
     return out
@@ -272,8 +287,107 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"{mem['rss_before_kib'] / 1024:.0f} -> {mem['rss_after_kib'] / 1024:.0f} MiB, "
             f"{mem['kib_per_stream']:.1f} KiB per stream, {mem['projected_10k_mib']:.0f} MiB projected for 10,000.",
         ]
+    out += _markdown_costs(result, labels)
     out += ["", "| issue 9 target | goal | measured | met |", "|---|---|---|---|"]
     for key, c in result["issue_targets"].items():
         verdict = {True: "yes", False: "**no**", None: "not measured"}[c["met"]]
         out.append(f"| {key} | {c['goal']} | {fmt(c['value'], 3)} | {verdict} |")
     return "\n".join(out) + "\n"
+
+
+# ------------------------------------------------------------------------ limiter and audit cost (issues 5 and 7)
+
+COST_LABELS = {"gw_embedded": "(c)", "gw_redis_pg": "(d)"}
+
+
+def _redis_per_request(rc: dict[str, Any]) -> str:
+    if "error" in rc or "commands_per_request" not in rc:
+        return f"not measured ({rc.get('error', 'no figure')})"
+    cmds = rc["commands_per_request"]
+    # background work (fairness exchange, health checks) shows as small fractions: summed as "other"
+    per = ", ".join(f"{k} {v:.2f}" for k, v in sorted(cmds.items()) if v >= 0.05)
+    other = sum(v for v in cmds.values() if v < 0.05)
+    per += f", other {other:.2f}" if other >= 0.005 else ""
+    return f"{rc['total_per_request']:.2f} per tools/call ({per})"
+
+
+def _audit_rate(a: dict[str, Any]) -> str:
+    if "error" in a or "rows_per_second" not in a:
+        return f"not measured ({a.get('error', 'no figure')})"
+    return f"{a['rows_per_second']:.0f} rows/s (observe() {a['observe_ns'] / 1000:.1f} us on the request path)"
+
+
+def _pct(share: float) -> str:
+    return "-" if share is None or math.isnan(share) else f"{share * 100:.1f}%"
+
+
+def cost_rows(ratios: dict[str, float]) -> list[dict[str, Any]]:
+    """One row per (what, target): throughput and CPU-per-request ratios with/without, CPU share it takes."""
+    rows = []
+    for what, gw, without in COSTS:
+        cpu = ratios.get(f"{gw}_vs_{without}_cpu_per_request_json_c32", math.nan)
+        rows.append(
+            {
+                "what": what,
+                "target": gw,
+                "without": without,
+                "rps_ratio": ratios.get(f"{gw}_vs_{without}_rps_json_c32", math.nan),
+                "cpu_ratio": cpu,
+                "cpu_us_delta": ratios.get(f"{gw}_minus_{without}_cpu_us_per_request_json_c32", math.nan),
+                # share of the target's CPU per request that goes away without it
+                "cpu_share": 1 - 1 / cpu if cpu and not math.isnan(cpu) else math.nan,
+            }
+        )
+    return rows
+
+
+def render_costs(
+    labels: dict[str, str],
+    ratios: dict[str, float],
+    redis_calls: dict[str, Any],
+    redis_calls_nolimit: dict[str, Any],
+    audit_rate: dict[str, Any],
+) -> str:
+    lines = ["\n== cost of the rate limiter and of audit, 32 connections (x = with / without, paired per round)"]
+    add = lines.append
+    for row in cost_rows(ratios):
+        if row["without"] not in labels:
+            continue
+        name = f"{row['what']}, {COST_LABELS[row['target']]}/{labels[row['without']].split(' ', 1)[0]}"
+        add(
+            f"{name:<30} throughput {fmt(row['rps_ratio'])}x  CPU per request {fmt(row['cpu_ratio'])}x "
+            f"({fmt(row['cpu_us_delta'], 0)} us/req, {_pct(row['cpu_share'])} of the target's CPU)"
+        )
+    add(f"Redis, with limits (as (d)):  {_redis_per_request(redis_calls)}")
+    add(f"Redis, without limits:        {_redis_per_request(redis_calls_nolimit)}")
+    add(f"audit throughput, file sink:  {_audit_rate(audit_rate.get('file', {}))}")
+    add(f"audit throughput, PostgreSQL: {_audit_rate(audit_rate.get('postgres', {}))}")
+    return "\n".join(lines)
+
+
+def _markdown_costs(result: dict[str, Any], labels: dict[str, str]) -> list[str]:
+    rows = [row for row in cost_rows(result["ratios"]) if row["without"] in labels]
+    out: list[str] = []
+    if rows:
+        out += [
+            "",
+            "| cost (32 connections) | with / without | throughput x | CPU per request x | CPU us/req "
+            "| share of the target's CPU |",
+            "|---|---|---|---|---|---|",
+        ]
+        for row in rows:
+            without = labels[row["without"]].split(" ", 1)[0]
+            out.append(
+                f"| {row['what']} | {COST_LABELS[row['target']]} / {without} | {fmt(row['rps_ratio'])} "
+                f"| {fmt(row['cpu_ratio'])} | {fmt(row['cpu_us_delta'], 0)} | {_pct(row['cpu_share'])} |"
+            )
+    audit = result.get("audit_throughput", {})
+    out += [
+        "",
+        f"Redis commands (private Redis) with limits: {_redis_per_request(result.get('redis_commands', {}))}; "
+        f"without: {_redis_per_request(result.get('redis_commands_nolimit', {}))}.",
+        "",
+        f"Audit throughput through the real pipeline (one writer, no per-record log line): file sink "
+        f"{_audit_rate(audit.get('file', {}))}; PostgreSQL {_audit_rate(audit.get('postgres', {}))}.",
+    ]
+    return out

@@ -26,6 +26,14 @@ SHARED_PG_ADMIN_DSN = os.environ.get("MGW_BENCH_POSTGRES_DSN", "postgresql://pos
 # chain stages whose module still says it passes everything through (reported, so figures are read correctly)
 STAGE_MODULES = ("client_guard", "authn", "authz", "ratelimit", "breaker")
 _HIGH = {"rate": 1_000_000_000, "per": "second"}
+# the diagnostic targets' limits.yaml: no tier at all (`tiers: {}` replaces the default role tiers), no ip, global or
+# tenant_default tier, DDoS protection off; with the key's own `rate_limit` left out, the ratelimit stage finds
+# nothing to decide and returns before the store (no GCRA, no Redis round trip) and the client guard has no rate
+NO_LIMITS: dict[str, Any] = {"tiers": {}, "ddos": {"enabled": False}}
+# the least audit the gateway allows: `sink: log` (no file, no PostgreSQL) and no per-record structured log line.
+# What remains per request: observe() capturing the request into the queue, and in the writer task the record
+# built, sanitized and sealed into the hash chain, then discarded
+NO_AUDIT: dict[str, Any] = {"sink": "log", "log_records": False}
 
 
 @dataclass
@@ -67,7 +75,7 @@ def start_bare_proxy(workdir: Path, upstream_port: int) -> tuple[Proc, int]:
     return proc, port
 
 
-def bench_policies(upstream_port: int, max_connections: int) -> dict[str, Any]:
+def bench_policies(upstream_port: int, max_connections: int, limits: bool = True) -> dict[str, Any]:
     base = f"http://127.0.0.1:{upstream_port}"
     server_common: dict[str, Any] = {
         "owner": "bench",
@@ -91,7 +99,9 @@ def bench_policies(upstream_port: int, max_connections: int) -> dict[str, Any]:
             "tiers": {"admin": _HIGH, "user": _HIGH, "anonymous": _HIGH},
             # the default allowlist exempts loopback, which would skip the guard for the bench's own traffic
             "ddos": {"enabled": True, "allowlist": []},
-        },
+        }
+        if limits
+        else NO_LIMITS,
         "access.yaml": {"rules": []},
     }
 
@@ -153,11 +163,16 @@ def start_bench_gateway(
     upstream_port: int,
     max_connections: int,
     config: dict[str, Any] | None = None,
+    limits: bool = True,
 ) -> Gateway:
+    """A gateway with the full chain; `limits=False` leaves rate limiting off (NO_LIMITS, key without a limit)."""
+    key: dict[str, Any] = {"tenant": "bench", "scopes": ["read", "write"]}
+    if limits:
+        key["rate_limit"] = _HIGH
     return start_gateway(
         workdir / name,
-        bench_policies(upstream_port, max_connections),
-        keys={"bench": {"tenant": "bench", "scopes": ["read", "write"], "rate_limit": _HIGH}},
+        bench_policies(upstream_port, max_connections, limits),
+        keys={"bench": key},
         config=config,
     )
 
@@ -191,33 +206,55 @@ def _admin_dsn_for(db_name: str) -> str:
     return f"{head}/{db_name}"
 
 
+def create_database(db_name: str) -> str:
+    """CREATE DATABASE on the shared server (raises when PostgreSQL is not there); returns its DSN."""
+    import asyncio
+
+    import asyncpg
+
+    async def create() -> None:
+        conn = await asyncpg.connect(SHARED_PG_ADMIN_DSN, timeout=5)
+        try:
+            await conn.execute(f'CREATE DATABASE "{db_name}"')
+        finally:
+            await conn.close()
+
+    asyncio.run(create())
+    return _admin_dsn_for(db_name)
+
+
+def drop_database(db_name: str) -> None:
+    """DROP DATABASE ... WITH (FORCE); errors are ignored (nothing to drop, server gone)."""
+    with contextlib.suppress(Exception):
+        import asyncio
+
+        import asyncpg
+
+        async def drop() -> None:
+            conn = await asyncpg.connect(SHARED_PG_ADMIN_DSN, timeout=5)
+            try:
+                await conn.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+            finally:
+                await conn.close()
+
+        asyncio.run(drop())
+
+
 def prepare_backends() -> Backends:
     """A unique Redis key prefix and a fresh PostgreSQL database, migrated if `mcp-gateway db migrate` exists."""
     token = secrets.token_hex(4)
     b = Backends(SHARED_REDIS_URL, f"mgwbench:{token}:", None, f"mgw_bench_{token}")
     try:
-        import asyncio
-
-        import asyncpg
-
-        async def create() -> None:
-            conn = await asyncpg.connect(SHARED_PG_ADMIN_DSN, timeout=5)
-            try:
-                await conn.execute(f'CREATE DATABASE "{b.db_name}"')
-            finally:
-                await conn.close()
-
-        asyncio.run(create())
-        b.pg_dsn = _admin_dsn_for(b.db_name)
+        b.pg_dsn = create_database(b.db_name)
         b.notes["postgres"] = f"fresh database {b.db_name}"
     except Exception as exc:  # reported in the output; the target still runs with what it has
         b.notes["postgres"] = f"unavailable: {type(exc).__name__}: {exc}"
         return b
-    b.notes["migrate"] = _migrate(b.pg_dsn)
+    b.notes["migrate"] = migrate(b.pg_dsn)
     return b
 
 
-def _migrate(dsn: str) -> str:
+def migrate(dsn: str) -> str:
     help_out = subprocess.run(
         [PYTHON, "-m", "gateway", "--help"], check=False, capture_output=True, text=True, timeout=60, cwd=ROOT
     ).stdout
@@ -285,19 +322,7 @@ def cleanup_backends(b: Backends) -> None:
             client.delete(*batch)
         client.close()
     if b.pg_dsn is not None:
-        with contextlib.suppress(Exception):
-            import asyncio
-
-            import asyncpg
-
-            async def drop() -> None:
-                conn = await asyncpg.connect(SHARED_PG_ADMIN_DSN, timeout=5)
-                try:
-                    await conn.execute(f'DROP DATABASE IF EXISTS "{b.db_name}" WITH (FORCE)')
-                finally:
-                    await conn.close()
-
-            asyncio.run(drop())
+        drop_database(b.db_name)
 
 
 def redis_commands(info: dict[str, Any]) -> dict[str, int]:
