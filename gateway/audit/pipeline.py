@@ -24,6 +24,7 @@ from gateway.audit.files import append_synced, encode_lines
 from gateway.audit.hashchain import HashChain
 from gateway.audit.metrics import AuditMetrics
 from gateway.audit.record import AuditEvent, RiskRules, build_record, capture
+from gateway.audit.recordlog import RecordLog
 from gateway.audit.sanitize import SanitizeLimits
 from gateway.audit.sinks import AuditSink
 from gateway.audit.spool import AuditSpool
@@ -64,6 +65,7 @@ class AuditPipeline:
         self._next_attempt = 0.0
         self._next_maintenance = 0.0
         self._log_records = settings.log_records
+        self._record_log = RecordLog()
         metrics.queue_depth.set_function(lambda: len(self._queue))
         metrics.spool_bytes.set_function(self._spool.size_bytes)
         self._written = metrics.written.labels(sink.name if sink is not None else "log")
@@ -172,8 +174,7 @@ class AuditPipeline:
             chain.last_ts_us = ts
             out.append(chain.seal(rec))
         if self._log_records:
-            for rec in out:
-                log.info("audit", **rec)
+            self._record_log.emit(out)
         return out
 
     async def _deliver(self, records: list[dict[str, Any]]) -> None:

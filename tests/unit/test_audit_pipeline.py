@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -374,3 +375,74 @@ def test_capture_fills_every_field_in_order() -> None:
     )
     assert dataclasses.asdict(ev) == dataclasses.asdict(expected)
     assert ev.latency_s is not None and ev.latency_s >= 0 and ev.ts_us >= expected.started_us
+
+
+def _sealed_records(n: int) -> list[dict[str, Any]]:
+    from gateway.audit.hashchain import HashChain
+
+    chain, rules = HashChain("w1"), RiskRules(AuditRiskRules())
+    out = []
+    for i in range(n):
+        ctx = make_ctx(CALL, request_id=f"r{i}-é", principal=Principal("acme", "key:k1", key_id="k1"))
+        ctx.notes["limit"] = {"tier": "user", "n": i, "f": 1.5}
+        ev = capture(ctx)
+        out.append(chain.seal(build_record(ev, ev.ts_us, rules, SanitizeLimits())))
+    return out
+
+
+def _log_lines(level: str, fmt: str, emit: Any) -> list[str]:
+    """Lines printed with gateway.logging's configuration (into a buffer), restoring the previous one after."""
+    import io
+    import logging
+
+    import structlog
+
+    from gateway.logging import configure_logging
+
+    saved, root = structlog.get_config(), logging.getLogger()
+    handlers, root_level = root.handlers[:], root.level
+    buf = io.StringIO()
+    try:
+        configure_logging(level, fmt)
+        structlog.configure(logger_factory=structlog.PrintLoggerFactory(buf))
+        structlog.contextvars.bind_contextvars(worker=3)
+        emit()
+    finally:
+        structlog.contextvars.clear_contextvars()
+        structlog.configure(**saved)
+        root.handlers[:], root.level = handlers, root_level
+    return buf.getvalue().splitlines()
+
+
+def _no_timestamp(line: str) -> list[tuple[str, Any]]:
+    obj = orjson.loads(line)
+    assert isinstance(obj.pop("timestamp"), str)
+    return list(obj.items())  # key order included
+
+
+def test_batched_record_log_prints_what_structlog_prints() -> None:
+    import structlog
+
+    from gateway.audit.recordlog import RecordLog
+
+    records = _sealed_records(5)
+
+    def one_by_one() -> None:
+        log = structlog.get_logger("gateway.audit")
+        for rec in records:
+            log.info("audit", **rec)
+
+    def batched() -> None:
+        rlog = RecordLog()
+        assert rlog._batch_renderer(records) is not None  # the fast path is the one under test
+        rlog.emit(records)
+
+    slow, fast = _log_lines("info", "json", one_by_one), _log_lines("info", "json", batched)
+    assert len(fast) == len(records) and [_no_timestamp(x) for x in fast] == [_no_timestamp(x) for x in slow]
+    stamp = re.compile(r'"timestamp":"[^"]*"')
+    assert [stamp.sub("", x) for x in fast] == [stamp.sub("", x) for x in slow]  # byte for byte otherwise
+    assert [orjson.loads(x)["worker"] for x in fast] == [3] * len(records)
+    # the level filter holds, and any other format goes through structlog unchanged
+    assert _log_lines("warning", "json", batched) == []
+    console = _log_lines("info", "console", lambda: RecordLog().emit(records))
+    assert len(console) == len(records) and not console[0].startswith("{") and "r0-é" in console[0]

@@ -1,0 +1,95 @@
+"""The structured log line of every audit record (issue 7: "structured JSON log always"), written per batch.
+
+Through structlog, one record costs a bound-logger call, a context copy, four processors, a timestamp, one JSON
+dump and a print with a flush: ~8 us, the largest share of the writer's work. With the processors that
+`gateway.logging` configures (context variables, level, timestamp, exception formatting, JSON through orjson),
+the line of a record is exactly the record's JSON followed by keys that do not depend on the record:
+
+    {<record fields>, "event": "audit", <bound context variables>, "level": "info", "timestamp": "..."}
+
+So those trailing keys are computed once per batch by running the configured processors themselves on a
+placeholder of the record, spliced onto each record's orjson dump, and the batch is written with one print.
+Every other configuration (console format, a test capturing logs, any extra processor) takes structlog's own
+path, record by record, as before. The only difference on the fast path: the records of one batch share the
+timestamp of the moment they are written out together.
+"""
+
+from __future__ import annotations
+
+import logging
+from itertools import islice
+from typing import Any
+
+import orjson
+import structlog
+from structlog.processors import JSONRenderer, TimeStamper
+
+from gateway import logging as gateway_logging
+
+# processors whose output does not depend on the record's values (only on its keys, the clock and the context)
+_RECORD_INDEPENDENT = (
+    structlog.contextvars.merge_contextvars,
+    structlog.processors.add_log_level,
+    structlog.processors.format_exc_info,
+)
+
+
+class RecordLog:
+    def __init__(self, logger_name: str = "gateway.audit", event: str = "audit") -> None:
+        self._log = structlog.get_logger(logger_name)
+        self._event = event
+
+    def emit(self, records: list[dict[str, Any]]) -> None:
+        """Log each record as its own JSON line (event `audit`), in order."""
+        if not records:
+            return
+        fast = self._batch_renderer(records)
+        if fast is None:
+            for rec in records:
+                self._log.info(self._event, **rec)
+            return
+        printer, suffix = fast
+        if printer is None:
+            return  # info is filtered out by the configured level: structlog would print nothing either
+        # `{record}` minus its closing brace, then `,"event":...}`: the JSON of the merged dict, key for key
+        dumps = orjson.dumps
+        head = [dumps(rec, default=str)[:-1] for rec in records]
+        printer.msg((suffix + b"\n").join(head).decode() + suffix.decode())
+
+    def _batch_renderer(self, records: list[dict[str, Any]]) -> tuple[Any, bytes] | None:
+        """(PrintLogger or None when info is filtered, `,<trailing keys>}`), or None when the fast path would not
+        print exactly what structlog prints."""
+        bound = self._log.bind()
+        is_enabled_for = getattr(bound, "is_enabled_for", None)
+        if not isinstance(bound, structlog.BoundLoggerBase) or is_enabled_for is None or bound._context:
+            return None
+        printer = bound._logger
+        procs = list(bound._processors)
+        if type(printer) is not structlog.PrintLogger or not procs:
+            return None
+        renderer = procs.pop()
+        if not isinstance(renderer, JSONRenderer) or getattr(renderer, "_dumps", None) is not gateway_logging._dumps:
+            return None
+        if not all(p in _RECORD_INDEPENDENT or type(p) is TimeStamper for p in procs):
+            return None
+        if not is_enabled_for(logging.INFO):
+            return (None, b"")
+        first = records[0]
+        n = len(first)
+        # what structlog builds for a record: its fields, then the event, then whatever the processors add
+        probe: Any = dict.fromkeys(first)
+        probe["event"] = self._event
+        for proc in procs:
+            probe = proc(printer, "info", probe)
+        if list(islice(probe, n)) != list(first) or any(v is not None for v in islice(probe.values(), n)):
+            return None  # a processor touched a record field: its value would matter
+        trailing = dict(islice(probe.items(), n, None))
+        # every record of a batch comes from build_record + seal, so all share the first one's keys; a record
+        # that would shadow a trailing key (or lack one) is left to structlog
+        for rec in records:
+            if len(rec) != n or any(k in rec for k in trailing):
+                return None
+        rendered = renderer(printer, "info", trailing)
+        if not isinstance(rendered, str) or not rendered.startswith("{"):
+            return None
+        return printer, b"," + rendered[1:].encode()
