@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -22,8 +21,10 @@ import orjson
 import structlog
 from aiohttp import web
 
-from gateway.audit.record import FIELDS, JSON_FIELDS, AuditEvent, ts_from_datetime
-from gateway.errors import GatewayError, InvalidRequest, ServiceUnavailable
+from gateway.admin.audited import audited_admin
+from gateway.audit.record import FIELDS, JSON_FIELDS, ts_from_datetime
+from gateway.auth.principal import Principal
+from gateway.errors import InvalidRequest, ServiceUnavailable
 from gateway.settings import Settings
 
 log = structlog.get_logger("gateway.admin.audit")
@@ -182,45 +183,11 @@ def row_to_json(row: asyncpg.Record) -> dict[str, Any]:
     return out
 
 
-async def audit_query_handler(request: web.Request) -> web.Response:
-    from gateway.admin.auth import admin_error, require_admin
-    from gateway.audit.install import AUDIT
+async def _query(request: web.Request, principal: Principal) -> web.Response:
+    return await _answer(request, principal.tenant)
 
-    started = time.time()
-    t0 = time.perf_counter()
-    event = AuditEvent(
-        ts_us=0,
-        started_us=int(started * 1_000_000),
-        request_id=request.headers.get("X-Request-ID") or uuid.uuid4().hex,
-        server="_admin",
-        transport="admin",
-        http_method=request.method,
-        client_ip=request.remote or "",
-        rpc_method="admin/audit.query",
-        admin=True,
-    )
-    try:
-        try:
-            principal = await require_admin(request)
-        except GatewayError as err:
-            event.refused_stage, event.refused_reason = err.stage or "authn", err.reason
-            event.http_status, event.rpc_error_code = err.status, err.code
-            return admin_error(err)
-        event.tenant, event.principal = principal.tenant, principal.subject
-        event.key_id, event.auth_method = principal.key_id, principal.method
-        try:
-            response = await _answer(request, principal.tenant)
-        except GatewayError as err:
-            event.refused_stage, event.refused_reason = err.stage or "admin", err.reason
-            event.http_status, event.rpc_error_code = err.status, err.code
-            return admin_error(err)
-        event.http_status = response.status
-        event.bytes_out = len(response.body) if isinstance(response.body, bytes) else 0
-        return response
-    finally:
-        event.latency_s = time.perf_counter() - t0
-        event.ts_us = int(time.time() * 1_000_000)
-        request.app[AUDIT].enqueue(event)
+
+audit_query_handler = audited_admin("admin/audit.query", _query)
 
 
 async def _answer(request: web.Request, tenant: str | None) -> web.Response:

@@ -7,8 +7,6 @@ keys.yaml keys are listed (source `policy`) but are changed by editing the file 
 
 from __future__ import annotations
 
-import time
-import uuid
 from datetime import datetime
 from typing import Any
 
@@ -18,7 +16,7 @@ import structlog
 from aiohttp import web
 from pydantic import Field, ValidationError, field_validator
 
-from gateway.admin.auth import admin_error, require_admin
+from gateway.admin.audited import AdminAction, AdminHandler, audited_admin
 from gateway.auth.apikeys import generate_key, hash_key
 from gateway.auth.keyrecord import compile_networks
 from gateway.auth.pgkeys import KeyExists, KeyRepository, NewKey
@@ -203,49 +201,15 @@ async def _revoke(request: web.Request, principal: Principal) -> web.Response:
     return _json({"id": key_id, "revoked": True})
 
 
-def _handler(action: str, fn: Any) -> Any:
-    async def handle(request: web.Request) -> web.Response:
-        from gateway.audit.install import AUDIT
-        from gateway.audit.record import AuditEvent
+def _store_unavailable(exc: Exception) -> GatewayError | None:
+    if isinstance(exc, OSError | TimeoutError | asyncpg.PostgresError | asyncpg.InterfaceError):
+        log.warning("API key store unavailable", error=type(exc).__name__)
+        return ServiceUnavailable("API key store unavailable", reason="key_store_unavailable", retry_after=5)
+    return None
 
-        started = time.time()
-        event = AuditEvent(
-            ts_us=0,
-            started_us=int(started * 1_000_000),
-            request_id=request.headers.get("X-Request-ID") or uuid.uuid4().hex,
-            server="_admin",
-            transport="admin",
-            http_method=request.method,
-            client_ip=request.remote or "",
-            rpc_method=f"admin/keys.{action}",
-            admin=True,
-        )
-        try:
-            try:
-                principal = await require_admin(request)
-                event.tenant, event.principal = principal.tenant, principal.subject
-                event.key_id, event.auth_method = principal.key_id, principal.method
-                response: web.Response = await fn(request, principal)
-            except GatewayError as err:
-                event.refused_stage, event.refused_reason = err.stage or "admin", err.reason
-                event.http_status, event.rpc_error_code = err.status, err.code
-                return admin_error(err)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-                log.warning("API key store unavailable", error=type(exc).__name__)
-                down = ServiceUnavailable("API key store unavailable", reason="key_store_unavailable", retry_after=5)
-                event.refused_stage, event.refused_reason = "admin", down.reason
-                event.http_status, event.rpc_error_code = down.status, down.code
-                return admin_error(down)
-            event.http_status = response.status
-            return response
-        finally:
-            event.latency_s = time.time() - started
-            event.ts_us = int(time.time() * 1_000_000)
-            audit = request.app.get(AUDIT)
-            if audit is not None:
-                audit.enqueue(event)
 
-    return handle
+def _handler(action: str, fn: AdminAction) -> AdminHandler:
+    return audited_admin(f"admin/keys.{action}", fn, _store_unavailable)
 
 
 def install_routes(app: web.Application) -> None:

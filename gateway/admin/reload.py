@@ -9,19 +9,18 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from gateway.admin.auth import admin_error, require_admin
-from gateway.errors import GatewayError
+from gateway.admin.audited import audited_admin
+from gateway.auth.principal import Principal
 from gateway.policy.store import POLICY
 
 
-async def reload_handler(request: web.Request) -> web.Response:
-    try:
-        await require_admin(request)
-    except GatewayError as err:
-        return admin_error(err)
+async def _reload(request: web.Request, principal: Principal) -> web.Response:
     result = await request.app[POLICY].reload("admin")
     body = {"ok": result.ok, "version": result.version, "changed": result.changed, "errors": list(result.errors)}
     return web.Response(status=200 if result.ok else 422, body=orjson.dumps(body), content_type="application/json")
+
+
+reload_handler = audited_admin("admin/reload", _reload)
 
 
 def install_routes(app: web.Application) -> None:

@@ -8,9 +8,9 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from gateway.admin.auth import admin_error, require_admin
+from gateway.admin.audited import audited_admin
+from gateway.auth.principal import Principal
 from gateway.breaker.registry import BREAKERS
-from gateway.errors import GatewayError
 from gateway.policy.store import POLICY
 from gateway.upstream.balancer import BALANCER
 from gateway.upstream.health import HEALTH
@@ -54,13 +54,12 @@ def servers_view(app: web.Application) -> dict[str, Any]:
     }
 
 
-async def servers_handler(request: web.Request) -> web.Response:
-    try:
-        await require_admin(request)
-    except GatewayError as err:
-        return admin_error(err)
+async def _servers(request: web.Request, principal: Principal) -> web.Response:
     body = orjson.dumps(servers_view(request.app))
     return web.Response(body=body, content_type="application/json", headers={"Cache-Control": "no-store"})
+
+
+servers_handler = audited_admin("admin/servers.list", _servers)
 
 
 def add_routes(app: web.Application) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
 from pathlib import Path
 
 import httpx
@@ -41,3 +44,16 @@ async def test_admin_reload(tmp_path: Path) -> None:
             assert bad.status_code == 422
             assert bad.json()["ok"] is False and bad.json()["version"] == ok.json()["version"]
             assert any("tenants.yaml: tenants.acme.weight" in e for e in bad.json()["errors"])
+
+        # every admin call is audited, refusals included
+        deadline = time.monotonic() + 10
+        records: list[dict[str, object]] = []
+        while time.monotonic() < deadline:
+            audit = gw.workdir / "audit.jsonl"
+            lines = audit.read_text().splitlines() if audit.exists() else []
+            records = [r for r in map(json.loads, lines) if r.get("rpc_method") == "admin/reload"]
+            if len(records) == 4:
+                break
+            await asyncio.sleep(0.1)
+        assert sorted(int(str(r["http_status"])) for r in records) == [200, 401, 403, 422]
+        assert {r["reason"] for r in records if r["http_status"] == 403} == {"admin_scope_required"}
