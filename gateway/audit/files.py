@@ -9,7 +9,22 @@ from typing import Any
 import orjson
 
 
+class EncodedBatch(list[dict[str, Any]]):
+    """Sealed records of one batch with their JSON lines (`orjson.dumps` of each), when the writer already made
+    them for the structured log: the file sink and the spool then write those instead of dumping every record
+    again. A slice (the split of a refused batch) is a plain list and is encoded afresh."""
+
+    __slots__ = ("lines",)
+
+    def __init__(self, records: list[dict[str, Any]], lines: list[bytes] | None = None) -> None:
+        super().__init__(records)
+        self.lines = lines if lines is not None and len(lines) == len(records) else None
+
+
 def encode_lines(records: list[dict[str, Any]]) -> bytes:
+    lines = records.lines if isinstance(records, EncodedBatch) else None
+    if lines is not None and len(lines) == len(records):
+        return b"\n".join(lines) + b"\n" if lines else b""
     return b"".join(orjson.dumps(r) + b"\n" for r in records)
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from gateway.audit.files import append_synced, encode_lines
+from gateway.audit.files import EncodedBatch, append_synced, encode_lines
 from gateway.audit.hashchain import HashChain
 from gateway.audit.metrics import AuditMetrics
 from gateway.audit.record import AuditEvent, RiskRules, build_record, capture
@@ -174,7 +174,8 @@ class AuditPipeline:
             chain.last_ts_us = ts
             out.append(chain.seal(rec))
         if self._log_records:
-            self._record_log.emit(out)
+            # the log's JSON of each record is also its JSONL line: the file sink and the spool reuse it
+            return EncodedBatch(out, self._record_log.emit(out))
         return out
 
     async def _deliver(self, records: list[dict[str, Any]]) -> None:

@@ -39,22 +39,29 @@ class RecordLog:
         self._log = structlog.get_logger(logger_name)
         self._event = event
 
-    def emit(self, records: list[dict[str, Any]]) -> None:
-        """Log each record as its own JSON line (event `audit`), in order."""
+    def emit(self, records: list[dict[str, Any]]) -> list[bytes] | None:
+        """Log each record as its own JSON line (event `audit`), in order.
+
+        Returns `orjson.dumps(record)` of each record when it made them (the fast path), for the JSONL sink."""
         if not records:
-            return
+            return None
         fast = self._batch_renderer(records)
-        if fast is None:
-            for rec in records:
-                self._log.info(self._event, **rec)
-            return
-        printer, suffix = fast
-        if printer is None:
-            return  # info is filtered out by the configured level: structlog would print nothing either
-        # `{record}` minus its closing brace, then `,"event":...}`: the JSON of the merged dict, key for key
-        dumps = orjson.dumps
-        head = [dumps(rec, default=str)[:-1] for rec in records]
-        printer.msg((suffix + b"\n").join(head).decode() + suffix.decode())
+        if fast is not None:
+            printer, suffix = fast
+            if printer is None:
+                return None  # info is filtered out by the configured level: structlog would print nothing either
+            dumps = orjson.dumps
+            try:
+                lines = [dumps(rec) for rec in records]
+            except TypeError:
+                lines = None  # a value orjson cannot take: structlog's serializer stringifies it (default=str)
+            if lines is not None:
+                # `{record}` minus its closing brace, then `,"event":...}`: the JSON of the merged dict, key for key
+                printer.msg((suffix + b"\n").join([line[:-1] for line in lines]).decode() + suffix.decode())
+                return lines
+        for rec in records:
+            self._log.info(self._event, **rec)
+        return None
 
     def _batch_renderer(self, records: list[dict[str, Any]]) -> tuple[Any, bytes] | None:
         """(PrintLogger or None when info is filtered, `,<trailing keys>}`), or None when the fast path would not

@@ -446,3 +446,30 @@ def test_batched_record_log_prints_what_structlog_prints() -> None:
     assert _log_lines("warning", "json", batched) == []
     console = _log_lines("info", "console", lambda: RecordLog().emit(records))
     assert len(console) == len(records) and not console[0].startswith("{") and "r0-é" in console[0]
+
+
+def test_file_sink_lines_are_the_same_when_reused_from_the_log(tmp_path: Path) -> None:
+    from gateway.audit.files import EncodedBatch, encode_lines
+
+    records = _sealed_records(3)
+    plain = b"".join(orjson.dumps(r) + b"\n" for r in records)
+    assert encode_lines(EncodedBatch(records, [orjson.dumps(r) for r in records])) == plain
+    assert encode_lines(EncodedBatch(records, None)) == plain == encode_lines(records)
+    assert encode_lines(EncodedBatch([], [])) == b""
+
+    path = tmp_path / "audit.jsonl"
+
+    async def run() -> None:
+        pipe = AuditPipeline(
+            settings(log_records=True), AuditMetrics(CollectorRegistry()), JsonlFileSink(path), tmp_path / "spool"
+        )
+        await pipe.start()
+        for i in range(12):
+            pipe.observe(make_ctx(CALL, request_id=f"r{i}"))
+        await pipe.stop()
+
+    logged = _log_lines("info", "json", lambda: asyncio.run(run()))
+    audit_lines = [orjson.loads(x) for x in logged if '"event":"audit"' in x]
+    recs = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    assert [r["request_id"] for r in recs] == [f"r{i}" for i in range(12)] and verify_records(recs).ok
+    assert [{k: v for k, v in x.items() if k in recs[0]} for x in audit_lines] == recs
