@@ -129,7 +129,11 @@ class AuditPipeline:
         # a spool left by an earlier run (PostgreSQL was down when it stopped) is replayed first
         await self._try_recover()
         while True:
-            if not self._queue and not self._closing:
+            if len(self._queue) < self._batch and not self._closing:
+                # a partial batch waits (at most flush_interval) for the rest: under steady load, flushing whatever
+                # came in during the last fsync made batches of a few records, each paying a thread hop, an open,
+                # an fsync and a log write. enqueue() and stop() set the event; no await between clear and wait.
+                self._wakeup.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wakeup.wait(), interval)
                 self._wakeup.clear()

@@ -473,3 +473,22 @@ def test_file_sink_lines_are_the_same_when_reused_from_the_log(tmp_path: Path) -
     recs = [orjson.loads(line) for line in path.read_bytes().splitlines()]
     assert [r["request_id"] for r in recs] == [f"r{i}" for i in range(12)] and verify_records(recs).ok
     assert [{k: v for k, v in x.items() if k in recs[0]} for x in audit_lines] == recs
+
+
+async def test_a_partial_batch_waits_for_the_rest_within_the_flush_interval(tmp_path: Path) -> None:
+    # under steady load the writer sends full batches instead of whatever arrived during the last write
+    metrics = AuditMetrics(CollectorRegistry())
+    sink = FlakySink()
+    pipe = AuditPipeline(settings(batch_size=50, flush_interval=5.0), metrics, sink, tmp_path / "spool.jsonl")
+    await pipe.start()
+    for i in range(10):
+        pipe.observe(make_ctx(CALL, request_id=f"r{i}"))
+    await asyncio.sleep(0.1)
+    assert sink.writes == 0 and pipe.queue_depth == 10
+    for i in range(10, 50):
+        pipe.observe(make_ctx(CALL, request_id=f"r{i}"))
+    await _until(lambda: len(sink.rows) == 50)
+    assert sink.writes == 1
+    pipe.observe(make_ctx(CALL, request_id="last"))
+    await pipe.stop()  # stop() flushes a partial batch at once
+    assert len(sink.rows) == 51 and sink.writes == 2
