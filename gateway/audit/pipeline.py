@@ -98,6 +98,10 @@ class AuditPipeline:
             self._wakeup.set()
         return True
 
+    def wake(self) -> None:
+        """Have the writer send a partial batch now instead of waiting out flush_interval (a measurement's tail)."""
+        self._wakeup.set()
+
     # ------------------------------------------------------------------ writer task
 
     async def start(self) -> None:
