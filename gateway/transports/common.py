@@ -38,7 +38,7 @@ class _RequestIds:
         self._counter = itertools.count(1)
 
     def next(self) -> str:
-        return f"{self._prefix}{next(self._counter):012x}"
+        return f"{self._prefix}{next(self._counter):016x}"  # 32 hex digits, the shape of a uuid4 hex
 
 
 _IDS = _RequestIds()
