@@ -147,6 +147,12 @@ class HttpForwarder:
             ctx.notes["stream_error"] = type(exc).__name__
             if out is None or not out.prepared:
                 raise UpstreamProtocolError("upstream broke off its answer", reason="upstream_stream_broken") from None
+            # The status line is out, so no error answer is possible. Cut the client's connection: ending the body
+            # normally would pass a truncated answer off as complete, and with a Content-Length declared the
+            # client would wait for the missing bytes until its own timeout.
+            if request.transport is not None:
+                request.transport.abort()
+            ctx.http_status = 502
             return out
         finally:
             resp.close()
