@@ -133,9 +133,16 @@ class HttpForwarder:
                 await out.write(body)
                 ctx.bytes_out += len(body)
             else:
+                # Wait for the first body bytes before sending the status line (then stream the rest as it comes):
+                # an upstream that dies between its headers and its body still gets the client a well-formed 502
+                # instead of a cut connection. Event streams are exempt above: their headers must go out at once.
+                first = await resp.content.readany()
                 if resp.content_length is not None:
                     out.content_length = resp.content_length
                 await out.prepare(request)
+                if first:
+                    ctx.bytes_out += len(first)
+                    await out.write(first)
                 async for chunk in resp.content.iter_any():
                     ctx.bytes_out += len(chunk)
                     await out.write(chunk)

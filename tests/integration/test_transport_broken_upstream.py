@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.harness import default_policies, free_port, running, start_gateway
+from tests.harness import Gateway, default_policies, free_port, running, start_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -23,6 +23,7 @@ PARTIAL_JSON = (
     b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n"
     b'{"jsonrpc":"2.0","id":1,"result":{'
 )
+HEADERS_ONLY = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 200\r\n\r\n"
 PARTIAL_SSE = (
     b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\nf\r\nevent: message\n\r\n"
 )
@@ -41,8 +42,7 @@ async def _serve(port: int, answer: bytes) -> AsyncIterator[None]:
         yield
 
 
-@pytest.mark.parametrize("answer", [PARTIAL_JSON, PARTIAL_SSE], ids=["content-length", "sse"])
-async def test_upstream_dying_mid_answer_cuts_the_client_instead_of_hanging(tmp_path: Path, answer: bytes) -> None:
+async def _gateway(tmp_path: Path, answer: bytes) -> tuple[Gateway, AsyncIterator[None]]:
     port = free_port()
     gen = _serve(port, answer)
     await gen.__anext__()
@@ -51,6 +51,15 @@ async def test_upstream_dying_mid_answer_cuts_the_client_instead_of_hanging(tmp_
         default_policies(f"http://127.0.0.1:{port}/mcp", health={"enabled": False}, breaker={"enabled": False}),
         keys={"k": {"tenant": "acme", "scopes": ["read", "write"]}},
     )
+    return gw, gen
+
+
+BODY = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x", "arguments": {}}}
+
+
+@pytest.mark.parametrize("answer", [PARTIAL_JSON, PARTIAL_SSE], ids=["content-length", "sse"])
+async def test_upstream_dying_mid_answer_cuts_the_client_instead_of_hanging(tmp_path: Path, answer: bytes) -> None:
+    gw, gen = await _gateway(tmp_path, answer)
     with running(gw):
         body = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x", "arguments": {}}}
         headers = {**gw.auth("k"), "Accept": "application/json, text/event-stream"}
@@ -74,4 +83,18 @@ async def test_upstream_dying_mid_answer_cuts_the_client_instead_of_hanging(tmp_
         assert records[0]["notes"] == {"stream_error": "ClientPayloadError"} or "stream_error" in str(
             records[0]["notes"]
         )
+    await gen.aclose()
+
+
+async def test_upstream_dying_before_its_body_gets_a_well_formed_502(tmp_path: Path) -> None:
+    """Headers, then nothing: the gateway has sent nothing yet, so the client gets a proper JSON-RPC error."""
+    gw, gen = await _gateway(tmp_path, HEADERS_ONLY)
+    with running(gw):
+        headers = {**gw.auth("k"), "Accept": "application/json, text/event-stream"}
+        async with httpx.AsyncClient(timeout=30) as c:
+            r = await c.post(gw.url(), headers=headers, content=json.dumps(BODY))
+        assert r.status_code == 502
+        assert r.headers["Content-Type"].startswith("application/json")
+        err = r.json()
+        assert err["id"] == 1 and err["error"]["data"]["reason"] == "upstream_stream_broken"
     await gen.aclose()
