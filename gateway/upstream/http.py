@@ -148,6 +148,13 @@ class HttpForwarder:
                     await out.write(chunk)
             await out.write_eof()
             return out
+        except ConnectionResetError:
+            # raised by our writes to the client (aiohttp's ClientConnectionResetError is both a client-connection
+            # error and a ConnectionResetError): the client went away, the upstream did nothing wrong
+            ctx.notes["client_disconnected"] = True
+            if out is not None and out.prepared:
+                return out
+            raise
         except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
             # the upstream broke off mid-answer; the status line is already sent, so the client sees a cut stream
             log.warning("upstream stream ended abnormally", request_id=ctx.request_id, error=type(exc).__name__)
