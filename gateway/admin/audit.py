@@ -22,7 +22,8 @@ import structlog
 from aiohttp import web
 
 from gateway.admin.audited import audited_admin
-from gateway.audit.record import FIELDS, JSON_FIELDS, ts_from_datetime
+from gateway.audit.record import FIELDS, ts_from_datetime
+from gateway.audit.verify import record_from_row
 from gateway.auth.principal import Principal
 from gateway.errors import InvalidRequest, ServiceUnavailable
 from gateway.settings import Settings
@@ -169,20 +170,6 @@ def parse_query(q: Any) -> AuditQuery:
     )
 
 
-def row_to_json(row: asyncpg.Record) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for name in FIELDS:
-        v = row[name]
-        if isinstance(v, datetime):
-            v = ts_from_datetime(v)
-        elif isinstance(v, uuid.UUID):
-            v = str(v)
-        elif name in JSON_FIELDS and isinstance(v, str):
-            v = orjson.loads(v)
-        out[name] = v
-    return out
-
-
 async def _query(request: web.Request, principal: Principal) -> web.Response:
     return await _answer(request, principal.tenant)
 
@@ -209,7 +196,7 @@ async def _answer(request: web.Request, tenant: str | None) -> web.Response:
         raise ServiceUnavailable("audit store unavailable", reason="audit_store_unavailable", retry_after=5) from None
     page = rows[: query.limit]
     next_cursor = encode_cursor(page[-1]["ts"], page[-1]["id"]) if len(rows) > query.limit else None
-    body = {"records": [row_to_json(r) for r in page], "next_cursor": next_cursor, "tenant": tenant}
+    body = {"records": [record_from_row(r) for r in page], "next_cursor": next_cursor, "tenant": tenant}
     return web.Response(body=orjson.dumps(body), content_type="application/json", headers={"Cache-Control": "no-store"})
 
 
