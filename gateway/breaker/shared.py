@@ -15,7 +15,6 @@ every breaker decides alone, as in embedded mode; the listener reconnects by its
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +25,7 @@ import structlog
 
 from gateway.breaker.script import BREAKER_LUA
 from gateway.breaker.state import Admission, CircuitBreaker, State, Transition
+from gateway.pubsub import RedisSubscriber
 
 log = structlog.get_logger("gateway.breaker.shared")
 
@@ -55,7 +55,14 @@ class RedisBreakerStore:
         self._script = client.register_script(BREAKER_LUA)
         self._subscribed = False
         self._down_until = 0.0
-        self._listener: asyncio.Task[None] | None = None
+        self._listener = RedisSubscriber(
+            client,
+            self.channel,
+            self._on_message,
+            name="breaker-pubsub",
+            reconnect_seconds=RECONNECT_SECONDS,
+            on_state=self._set_subscribed,
+        )
         self._pending: set[asyncio.Task[Any]] = set()
         self._on_availability = on_availability
         self._adopting = False
@@ -72,15 +79,10 @@ class RedisBreakerStore:
         return self._adopting
 
     def start(self) -> None:
-        if self._listener is None:
-            self._listener = asyncio.create_task(self._listen(), name="breaker-pubsub")
+        self._listener.start()
 
     async def stop(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
+        await self._listener.stop()
         for task in list(self._pending):
             task.cancel()
         if self._pending:
@@ -92,28 +94,6 @@ class RedisBreakerStore:
             log.info("breaker shared state", available=value)
             if self._on_availability is not None:
                 self._on_availability(value)
-
-    async def _listen(self) -> None:
-        while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self.channel)
-                self._set_subscribed(True)
-                while True:
-                    # a bounded wait keeps the loop able to notice a dead connection
-                    msg = await pubsub.get_message(timeout=1.0)
-                    if msg is not None and msg.get("type") == "message":
-                        self._on_message(msg["data"])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if self._subscribed:
-                    log.warning("breaker pub/sub lost; breakers decide locally", error=type(exc).__name__)
-                self._set_subscribed(False)
-            finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
-            await asyncio.sleep(RECONNECT_SECONDS)
 
     def _on_message(self, data: bytes | str) -> None:
         try:

@@ -10,13 +10,13 @@ Best effort: with Redis down the refusal is answered on the POST alone (as in em
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import TYPE_CHECKING
 
 import orjson
 import structlog
 from aiohttp import web
 
+from gateway.pubsub import RedisSubscriber
 from gateway.upstream.legacy_sse import LiveStreams
 
 if TYPE_CHECKING:
@@ -32,7 +32,9 @@ class LegacyEventBus:
         self._client = client
         self.channel = f"{prefix}legacy-events"
         self._streams = streams
-        self._listener: asyncio.Task[None] | None = None
+        self._listener = RedisSubscriber(
+            client, self.channel, self._deliver, name="legacy-sse-events", reconnect_seconds=RECONNECT_SECONDS
+        )
         self._writes: set[asyncio.Task[bool]] = set()
 
     async def publish(self, server: str, session_id: str, principal: str, event: bytes) -> bool:
@@ -45,34 +47,10 @@ class LegacyEventBus:
         return True
 
     def start(self) -> None:
-        if self._listener is None:
-            self._listener = asyncio.create_task(self._listen(), name="legacy-sse-events")
+        self._listener.start()
 
     async def stop(self) -> None:
-        if self._listener is not None:
-            self._listener.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._listener
-            self._listener = None
-
-    async def _listen(self) -> None:
-        while True:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-            try:
-                await pubsub.subscribe(self.channel)
-                while True:
-                    # a bounded wait keeps the loop able to notice a dead connection
-                    msg = await pubsub.get_message(timeout=1.0)
-                    if msg is not None and msg.get("type") == "message":
-                        self._deliver(msg["data"])
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.warning("legacy event subscription lost", error=type(exc).__name__)
-            finally:
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(pubsub.aclose())  # type: ignore[no-untyped-call]
-            await asyncio.sleep(RECONNECT_SECONDS)
+        await self._listener.stop()
 
     def _deliver(self, data: bytes | str) -> None:
         try:
