@@ -330,6 +330,19 @@ async def explain(settings: Any, req: ExplainRequest, policies: Path | None = No
 # ---------------------------------------------------------------------- CLI
 
 
+def _json_object(flag: str, text: str | None) -> dict[str, Any] | None:
+    """The JSON object given with `flag`, None when the flag was not given; ValueError names the flag."""
+    if text is None:
+        return None
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:
+        raise ValueError(f"{flag} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{flag} must be a JSON object")
+    return value
+
+
 def _cmd_explain(args: argparse.Namespace) -> int:
     from gateway.logging import configure_logging
     from gateway.policy.loader import PolicyError
@@ -342,28 +355,12 @@ def _cmd_explain(args: argparse.Namespace) -> int:
     if len(given) > 1:
         print("error: give at most one of --key, --key-id, --jwt-claims", file=sys.stderr)
         return 2
-    claims: dict[str, Any] | None = None
-    if args.jwt_claims is not None:
-        try:
-            loaded = orjson.loads(args.jwt_claims)
-        except orjson.JSONDecodeError as exc:
-            print(f"error: --jwt-claims is not valid JSON: {exc}", file=sys.stderr)
-            return 2
-        if not isinstance(loaded, dict):
-            print("error: --jwt-claims must be a JSON object", file=sys.stderr)
-            return 2
-        claims = loaded
-    arguments: dict[str, Any] = {}
-    if args.arguments is not None:
-        try:
-            parsed = orjson.loads(args.arguments)
-        except orjson.JSONDecodeError as exc:
-            print(f"error: --arguments is not valid JSON: {exc}", file=sys.stderr)
-            return 2
-        if not isinstance(parsed, dict):
-            print("error: --arguments must be a JSON object", file=sys.stderr)
-            return 2
-        arguments = parsed
+    try:
+        claims = _json_object("--jwt-claims", args.jwt_claims)
+        arguments = _json_object("--arguments", args.arguments) or {}
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.method == "tools/call" and not args.tool:
         print("error: tools/call needs --tool", file=sys.stderr)
         return 2

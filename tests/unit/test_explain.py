@@ -157,3 +157,21 @@ async def test_candidate_directory_errors_are_reported(tmp_path: Path) -> None:
     (bad / "servers.yaml").write_text("servers: {example: {upstreams: []}}\n")
     with pytest.raises(PolicyError):
         await explain(settings_for(tmp_path), ExplainRequest(server="example", method="tools/list"), bad)
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--jwt-claims", "{not json"], "error: --jwt-claims is not valid JSON"),
+        (["--jwt-claims", "[1, 2]"], "error: --jwt-claims must be a JSON object"),
+        (["--key-id", "k", "--arguments", "nope"], "error: --arguments is not valid JSON"),
+        (["--key-id", "k", "--arguments", "3"], "error: --arguments must be a JSON object"),
+    ],
+)
+def test_json_flags_are_validated_with_the_flag_named(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from gateway.cli import main
+
+    assert main(["explain", "--server", "example", "--tool", "add", *argv]) == 2
+    assert message in capsys.readouterr().err
