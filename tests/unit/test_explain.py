@@ -3,6 +3,7 @@ chain on a policy directory (embedded backends, no network, nothing written)."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from gateway.explain import (
 from gateway.jsonrpc import parse_message
 from gateway.policy.loader import PolicyError, load_policy
 from gateway.settings import Settings
-from tests.harness import api_key, default_policies
+from tests.harness import PYTHON, ROOT, api_key, default_policies
 
 pytestmark = pytest.mark.unit
 
@@ -168,10 +169,15 @@ async def test_candidate_directory_errors_are_reported(tmp_path: Path) -> None:
         (["--key-id", "k", "--arguments", "3"], "error: --arguments must be a JSON object"),
     ],
 )
-def test_json_flags_are_validated_with_the_flag_named(
-    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from gateway.cli import main
-
-    assert main(["explain", "--server", "example", "--tool", "add", *argv]) == 2
-    assert message in capsys.readouterr().err
+def test_json_flags_are_validated_with_the_flag_named(argv: list[str], message: str) -> None:
+    # a subprocess, as users run it: explain configures process-wide logging, which must not leak into other tests
+    out = subprocess.run(
+        [PYTHON, "-m", "gateway", "explain", "--server", "example", "--tool", "add", *argv],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    assert out.returncode == 2
+    assert message in out.stderr
