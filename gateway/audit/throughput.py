@@ -76,8 +76,15 @@ async def measure(
 ) -> ThroughputResult:
     settings = AuditSettings(batch_size=batch_size, queue_size=max(records, 1), log_records=log_records)
     metrics = AuditMetrics(CollectorRegistry())
-    spool = Path(tempfile.mkdtemp(prefix="mgw-bench-spool-")) / "spool.jsonl"
-    pipe = AuditPipeline(settings, metrics, sink, spool)
+    with tempfile.TemporaryDirectory(prefix="mgw-bench-spool-") as spool_dir:
+        return await _drive(
+            AuditPipeline(settings, metrics, sink, Path(spool_dir) / "spool.jsonl"), metrics, sink, records, batch_size
+        )
+
+
+async def _drive(
+    pipe: AuditPipeline, metrics: AuditMetrics, sink: AuditSink, records: int, batch_size: int
+) -> ThroughputResult:
     await pipe.start()
     written = metrics.written.labels(sink.name)
     ctx = _context(0)
@@ -124,8 +131,5 @@ async def measure_postgres(server_dsn: str, records: int, *, batch_size: int = 5
 
 
 async def measure_file(records: int, *, batch_size: int = 500) -> ThroughputResult:
-    path = Path(tempfile.mkdtemp(prefix="mgw-bench-audit-")) / "audit.jsonl"
-    try:
-        return await measure(JsonlFileSink(path), records, batch_size=batch_size)
-    finally:
-        path.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(prefix="mgw-bench-audit-") as tmp:
+        return await measure(JsonlFileSink(Path(tmp) / "audit.jsonl"), records, batch_size=batch_size)

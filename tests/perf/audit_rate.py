@@ -5,8 +5,8 @@
 calls `gateway.audit.throughput.measure` with a `PostgresSink` on DSN: a database the bench created and migrated
 (and drops afterwards, whatever happens to this process). One JSON line on stdout.
 
-The helper makes its temporary directories with `tempfile.mkdtemp` and leaves them behind (the file sink's directory
-and the pipeline's spool directory), so the bench runs this with TMPDIR set to a directory it removes afterwards.
+The helper removes its temporary directories (the file sink's and the pipeline's spool) itself; the bench still
+runs this with TMPDIR set to a directory it removes afterwards, so a killed run leaves nothing behind either.
 """
 
 from __future__ import annotations

@@ -284,12 +284,17 @@ def test_format_ts_matches_strftime_across_seconds() -> None:
         assert format_ts(us) == (EPOCH + timedelta(microseconds=us)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-async def test_throughput_helper_drives_the_real_pipeline() -> None:
+async def test_throughput_helper_drives_the_real_pipeline(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import tempfile
+
     from gateway.audit.throughput import measure_file
 
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     result = await measure_file(300, batch_size=50)
     assert result.records == 300 and result.seconds > 0 and result.observe_ns > 0
     assert set(result.as_dict()) == {"sink", "records", "seconds", "rows_per_second", "observe_ns"}
+    # `mcp-gateway audit bench` is run by operators too: its scratch directories must not pile up in /tmp
+    assert os.listdir(tmp_path) == []
 
 
 async def test_a_record_the_sink_refuses_is_isolated_and_parked_not_blocking_the_rest(tmp_path: Path) -> None:
