@@ -17,8 +17,12 @@ import orjson
 import structlog
 from aiohttp import web
 
+from gateway.redis_client import hot_path
+
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
+
+    from gateway.redis_mux import RedisMux
 
 log = structlog.get_logger("gateway.sessions")
 
@@ -99,9 +103,10 @@ class MemorySessionStore:
 class RedisSessionStore:
     """Bindings shared by every gateway replica: one Redis key per session, idle TTL refreshed on use.
 
-    `get` is one round trip (GETEX refreshes the TTL while reading). Redis being down must not break the sessions
-    this replica created: every binding is also kept in a local store, which answers when Redis does not (a
-    session created on another replica is then unknown here: 404, the client re-initializes).
+    `get` is one round trip (GETEX refreshes the TTL while reading), over the client's multiplexed hot-path
+    connection when it has one (gateway/redis_mux.py). Redis being down must not break the sessions this replica
+    created: every binding is also kept in a local store, which answers when Redis does not (a session created on
+    another replica is then unknown here: 404, the client re-initializes).
     """
 
     def __init__(
@@ -111,8 +116,10 @@ class RedisSessionStore:
         ttl: float = DEFAULT_TTL_SECONDS,
         local: MemorySessionStore | None = None,
         on_error: Callable[[str], None] | None = None,
+        hot: RedisMux | None = None,
     ) -> None:
         self._redis = client
+        self._hot = hot if hot is not None else hot_path(client)
         self._prefix = f"{prefix}sess:"
         self._ttl_ms = max(1, int(ttl * 1000))
         self._local = local or MemorySessionStore(ttl)
@@ -127,8 +134,12 @@ class RedisSessionStore:
         log.warning("session store: redis unavailable, using local bindings", op=op, error=type(exc).__name__)
 
     async def get(self, server: str, session_id: str) -> SessionBinding | None:
+        key = self._key(server, session_id)
         try:
-            raw = await self._redis.getex(self._key(server, session_id), px=self._ttl_ms)
+            if self._hot is not None:
+                raw = await self._hot.execute("GETEX", key, "PX", self._ttl_ms)
+            else:
+                raw = await self._redis.getex(key, px=self._ttl_ms)
         except Exception as exc:  # any Redis failure means "Redis is down": degrade, never 5xx
             self._failed("get", exc)
             return await self._local.get(server, session_id)

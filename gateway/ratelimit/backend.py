@@ -23,12 +23,14 @@ from gateway.ratelimit.gcra import SlotCheck, SlotHold, TierCheck, Verdict
 from gateway.ratelimit.metrics import RateLimitMetrics
 from gateway.ratelimit.redis_store import RedisLimiterStore
 from gateway.ratelimit.store import MemoryStore
+from gateway.redis_mux import BUSY
 
 log = structlog.get_logger("gateway.ratelimit")
 
 STORE_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutError)
-# what redis-py's BlockingConnectionPool raises when no connection frees up within its timeout
-POOL_EXHAUSTED = "No connection available."
+# what redis-py's BlockingConnectionPool raises when no connection frees up within its timeout, and the hot-path
+# connection when too many commands are in flight
+POOL_EXHAUSTED = BUSY
 
 
 def _scaled(tiers: Sequence[TierCheck], share: float) -> list[TierCheck]:

@@ -1,5 +1,9 @@
 """The Redis store: every tier and slot of one request decided by one Lua script in one round trip (EVALSHA,
-reloaded on NOSCRIPT), on Redis's clock so replicas with skewed clocks still share one timeline."""
+reloaded on NOSCRIPT), on Redis's clock so replicas with skewed clocks still share one timeline.
+
+The per-request EVALSHA goes over the client's multiplexed hot-path connection when it has one
+(gateway/redis_mux.py); slot release, refresh, script loading and probes stay on redis-py.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,8 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from gateway.ratelimit.gcra import SlotCheck, SlotHold, TierCheck, TierResult, Verdict, refusing_tier
+from gateway.redis_client import hot_path
+from gateway.redis_mux import RedisMux
 
 _US = 1_000_000.0
 
@@ -21,30 +27,45 @@ def script_source(name: str) -> str:
 
 
 class LuaScript:
-    """A script run by EVALSHA; on NOSCRIPT (Redis restarted, SCRIPT FLUSH) it is loaded again and retried once."""
+    """A script run by EVALSHA; on NOSCRIPT (Redis restarted, SCRIPT FLUSH) it is loaded again and retried once.
 
-    def __init__(self, client: aioredis.Redis, source: str) -> None:
+    With `hot`, EVALSHA goes over that multiplexed connection; SCRIPT LOAD always goes through redis-py (a loaded
+    script is visible to every connection).
+    """
+
+    def __init__(self, client: aioredis.Redis, source: str, hot: RedisMux | None = None) -> None:
         import hashlib
 
         self._client = client
+        self._hot = hot
         self.source = source
         self.sha = hashlib.sha1(source.encode()).hexdigest()
 
+    async def _evalsha(self, keys: Sequence[str], args: Sequence[str | int | float]) -> object:
+        if self._hot is not None:
+            return await self._hot.execute("EVALSHA", self.sha, len(keys), *keys, *args)
+        return await self._client.evalsha(self.sha, len(keys), *keys, *args)
+
     async def __call__(self, keys: Sequence[str], args: Sequence[str | int | float]) -> object:
+        hot = self._hot
         try:
+            if hot is not None:  # inline, not via _evalsha: one coroutine frame less on every request
+                return await hot.execute("EVALSHA", self.sha, len(keys), *keys, *args)
             return await self._client.evalsha(self.sha, len(keys), *keys, *args)
         except NoScriptError:
             self.sha = await self._client.script_load(self.source)
-            return await self._client.evalsha(self.sha, len(keys), *keys, *args)
+            return await self._evalsha(keys, args)
 
 
 class RedisLimiterStore:
     name = "redis"
 
-    def __init__(self, client: aioredis.Redis, prefix: str) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str, hot: RedisMux | None = None) -> None:
         self._client = client
+        # the client's own hot-path connection unless one is given (None for TLS or a plain redis-py client)
+        self._hot = hot if hot is not None else hot_path(client)
         self._prefix = f"{prefix}rl:"
-        self._decide = LuaScript(client, script_source("decide.lua"))
+        self._decide = LuaScript(client, script_source("decide.lua"), self._hot)
         self._refresh = LuaScript(client, script_source("refresh.lua"))
         # slot members are unique across replicas: a random replica id and a counter
         self._replica = uuid.uuid4().hex[:12]
@@ -111,3 +132,6 @@ class RedisLimiterStore:
         await self._client.ping()
         # a restarted Redis has no scripts; loading here keeps the first request after recovery at one round trip
         self._decide.sha = await self._client.script_load(self._decide.source)
+        if self._hot is not None:
+            # reconnected now, past its backoff: the first decide after recovery must not fail on it and degrade
+            await self._hot.connect()
