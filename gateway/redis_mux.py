@@ -43,6 +43,7 @@ Arg = bytes | str | int | float
 # request in process instead of declaring Redis down (gateway/ratelimit/backend.py)
 BUSY = "No connection available."
 
+_GRACE = 0.001
 _BACKOFF_MIN = 0.05
 _BACKOFF_MAX = 1.0
 
@@ -87,6 +88,7 @@ class _Connection(asyncio.Protocol):
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._timer: asyncio.TimerHandle | None = None
+        self._overdue = False
         self.open = False
 
     # -- asyncio.Protocol
@@ -157,10 +159,16 @@ class _Connection(asyncio.Protocol):
         if not self.pending:
             return
         deadline = self.pending[0][1]
-        if deadline <= self._loop.time():
-            self.fail(RedisTimeoutError, f"Timeout reading from {self._where}")
-        else:
+        if deadline > self._loop.time():
+            self._overdue = False
             self._timer = self._loop.call_at(deadline, self._check_deadline)
+        elif not self._overdue:
+            # after a long loop iteration the reply may be unread in the socket (whether due timers run before the
+            # poll depends on the loop and its libuv version): look once more after the next poll before giving up
+            self._overdue = True
+            self._timer = self._loop.call_later(_GRACE, self._check_deadline)
+        else:
+            self.fail(RedisTimeoutError, f"Timeout reading from {self._where}")
 
     def fail(self, cls: type[Exception], message: str) -> None:
         """Fail everything in flight and drop the socket: after a lost or late reply the order is unknown."""

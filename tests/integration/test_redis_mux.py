@@ -243,6 +243,27 @@ async def test_late_replies_time_out_and_the_connection_resyncs(private_redis: R
         await admin.aclose()
 
 
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_a_stalled_event_loop_is_not_a_late_reply(redis_url: str, loop: str) -> None:
+    """The reply arrived while the loop was blocked: it is read, not timed out, whichever order the loop runs due
+    timers and socket reads in."""
+    import uvloop
+
+    async def main() -> None:
+        mux = mux_for(redis_url, timeout=0.1)
+        try:
+            await mux.connect()
+            fut = mux.execute("ECHO", "on time")
+            await asyncio.sleep(0)  # the write goes out
+            time.sleep(0.3)  # noqa: ASYNC251 -- the point: block the loop past the deadline while Redis answers
+            assert await fut == b"on time"
+            assert mux.connected
+        finally:
+            await mux.aclose()
+
+    (uvloop.run if loop == "uvloop" else asyncio.run)(main())
+
+
 async def test_auth_and_select_from_the_url(private_redis: RedisInstance) -> None:
     admin = aioredis.Redis.from_url(private_redis.url)
     await admin.config_set("requirepass", "s3cret")
