@@ -26,7 +26,7 @@ from collections.abc import Awaitable
 from typing import Any, cast
 
 import hiredis
-from redis.asyncio.connection import parse_url
+from redis.asyncio.connection import SSLConnection, parse_url
 from redis.exceptions import (
     AuthenticationError,
     BusyLoadingError,
@@ -157,6 +157,7 @@ class _Connection(asyncio.Protocol):
         # one timer per connection, not per command: replies are FIFO, so only the oldest one can be late first
         self._timer = None
         if not self.pending:
+            self._overdue = False
             return
         deadline = self.pending[0][1]
         if deadline > self._loop.time():
@@ -221,7 +222,7 @@ class RedisMux:
         """A mux for a redis-py URL (`redis://`, `unix://`); None for TLS, which stays on redis-py."""
         opts = parse_url(url)
         conn_cls = opts.get("connection_class")
-        if conn_cls is not None and "SSL" in conn_cls.__name__:
+        if conn_cls is not None and issubclass(conn_cls, SSLConnection):
             return None
         return cls(
             host=opts.get("host") or "localhost",
