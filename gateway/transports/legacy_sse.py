@@ -40,6 +40,7 @@ from gateway.settings import Settings
 from gateway.transports.common import new_context, origin_ok, read_and_parse, refuse_early, render
 from gateway.transports.legacy_bus import LEGACY_BUS
 from gateway.transports.metrics import TRANSPORT_METRICS
+from gateway.upstream.h1client import H1Response
 from gateway.upstream.headers import client_response_headers
 from gateway.upstream.http import KEEPALIVE_COMMENT
 from gateway.upstream.legacy_sse import LIVE_STREAMS, LiveStream, Transform, rewrite_endpoint, session_id_of
@@ -125,9 +126,7 @@ class LegacySseHandler:
         finally:
             gauge.dec()
 
-    async def _relay_stream(
-        self, ctx: RequestContext, upstream_url: str, resp: aiohttp.ClientResponse
-    ) -> web.StreamResponse:
+    async def _relay_stream(self, ctx: RequestContext, upstream_url: str, resp: H1Response) -> web.StreamResponse:
         rt = self._app[RUNTIME]
         settings = self._settings()
         streams = self._app[LIVE_STREAMS]

@@ -1,6 +1,6 @@
 """The forward stage for HTTP transports: send the request upstream and stream the answer back.
 
-Nothing is buffered on the plain path: chunks are written to the client as they arrive (`iter_any`, so there is no
+Nothing is buffered on the plain path: chunks are written to the client as they arrive (`readany`, so there is no
 line-length limit either). Only when a request carries a message transform (e.g. a filtered `tools/list`) is a
 JSON answer read whole (bounded) or an SSE stream parsed event by event. Idle SSE streams get `:` comments, but
 only between events, so an event is never split.
@@ -13,7 +13,6 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-import aiohttp
 import orjson
 import structlog
 from aiohttp import web
@@ -21,6 +20,15 @@ from aiohttp import web
 from gateway.context import RequestContext, UpstreamOutcome
 from gateway.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from gateway.policy.servers import ServerPolicy
+from gateway.upstream.h1client import (
+    H1BodyError,
+    H1ConnectError,
+    H1Disconnected,
+    H1ProtocolError,
+    H1Response,
+    H1ResponseTimeout,
+    build_request,
+)
 from gateway.upstream.headers import client_response_headers, upstream_request_headers
 from gateway.upstream.pool import UpstreamPools
 from gateway.upstream.sse import SseParser, encode_event, ends_at_event_boundary
@@ -43,9 +51,9 @@ class HttpForwarder:
         url: str,
         method: str,
         extra_headers: Iterable[tuple[str, str]] = (),
-    ) -> aiohttp.ClientResponse:
-        """Send the request and wait for the answer's headers (connect + first-byte timeouts)."""
-        session = self._pools.session(url, server.pool)
+    ) -> H1Response:
+        """Send the request and wait for the answer's headers (pool wait, connect and first-byte timeouts)."""
+        pool, endpoint = self._pools.h1(url, server.pool)
         headers = upstream_request_headers(
             ctx.headers,
             request_id=ctx.request_id,
@@ -53,44 +61,39 @@ class HttpForwarder:
             proto=ctx.request.scheme if ctx.request is not None else "http",
             extra=extra_headers,
         )
+        data = build_request(method, endpoint, headers.items(), ctx.body if method == "POST" else None)
         t = server.timeouts
-        timeout = aiohttp.ClientTimeout(
-            total=None,
-            connect=t.connect + server.pool.max_wait_seconds,
-            sock_connect=t.connect,
-            sock_read=t.idle,
-        )
         start = time.perf_counter()
         try:
-            async with asyncio.timeout(t.connect + server.pool.max_wait_seconds + t.first_byte):
-                resp = await session.request(
-                    method,
-                    url,
-                    data=ctx.body if method == "POST" else None,
-                    headers=headers,
-                    timeout=timeout,
-                    allow_redirects=False,
-                )
-        except TimeoutError:
-            latency = time.perf_counter() - start
-            ctx.upstream_latency = latency
-            ctx.report_outcome(UpstreamOutcome(url, None, "timeout", latency))
-            raise UpstreamTimeout("upstream did not answer in time", reason="upstream_timeout") from None
-        except (aiohttp.ClientConnectorError, aiohttp.ClientOSError, aiohttp.ServerDisconnectedError) as exc:
-            latency = time.perf_counter() - start
-            ctx.upstream_latency = latency
-            kind = "connect" if isinstance(exc, aiohttp.ClientConnectorError) else "reset"
-            ctx.report_outcome(UpstreamOutcome(url, None, kind, latency))
+            resp = await pool.request(
+                method,
+                data,
+                connect_timeout=t.connect,
+                wait_timeout=server.pool.max_wait_seconds,
+                first_byte=t.first_byte,
+                idle=t.idle,
+            )
+        except H1ConnectError as exc:
+            # Nothing was sent (refused, DNS, connect timeout, no pooled connection in time): never delivered, so
+            # a retry is safe for any method, and the upstream did not time out on us (no 504).
+            self._failed(ctx, url, "connect", start)
             raise UpstreamUnavailable(
                 "upstream is unreachable", reason="upstream_unreachable", data={"detail": type(exc).__name__}
             ) from None
-        except aiohttp.ClientResponseError as exc:
-            latency = time.perf_counter() - start
-            ctx.report_outcome(UpstreamOutcome(url, None, "protocol", latency))
+        except H1Disconnected as exc:
+            self._failed(ctx, url, "reset", start)
+            raise UpstreamUnavailable(
+                "upstream is unreachable", reason="upstream_unreachable", data={"detail": type(exc).__name__}
+            ) from None
+        except H1ResponseTimeout:
+            self._failed(ctx, url, "timeout", start)
+            raise UpstreamTimeout("upstream did not answer in time", reason="upstream_timeout") from None
+        except H1ProtocolError as exc:
+            self._failed(ctx, url, "protocol", start)
             raise UpstreamProtocolError(
                 "upstream sent an invalid answer",
                 reason="upstream_protocol_error",
-                data={"detail": exc.message},
+                data={"detail": str(exc)},
             ) from None
         latency = time.perf_counter() - start
         ctx.upstream_latency = latency
@@ -98,11 +101,17 @@ class HttpForwarder:
         ctx.report_outcome(UpstreamOutcome(url, resp.status, None, latency))
         return resp
 
+    @staticmethod
+    def _failed(ctx: RequestContext, url: str, kind: str, start: float) -> None:
+        latency = time.perf_counter() - start
+        ctx.upstream_latency = latency
+        ctx.report_outcome(UpstreamOutcome(url, None, kind, latency))
+
     async def relay(
         self,
         ctx: RequestContext,
         request: web.BaseRequest,
-        resp: aiohttp.ClientResponse,
+        resp: H1Response,
         extra_headers: dict[str, str] | None = None,
     ) -> web.StreamResponse:
         """Stream the upstream answer to the client. Closes the upstream response on any exit."""
@@ -143,20 +152,19 @@ class HttpForwarder:
                 if first:
                     ctx.bytes_out += len(first)
                     await out.write(first)
-                async for chunk in resp.content.iter_any():
+                async for chunk in resp.content:
                     ctx.bytes_out += len(chunk)
                     await out.write(chunk)
             await out.write_eof()
             return out
         except ConnectionResetError:
-            # raised by our writes to the client (aiohttp's ClientConnectionResetError is both a client-connection
-            # error and a ConnectionResetError): the client went away, the upstream did nothing wrong
+            # raised by our writes to the client: the client went away, the upstream did nothing wrong
             ctx.notes["client_disconnected"] = True
             if out is not None and out.prepared:
                 return out
             raise
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError, TimeoutError) as exc:
-            # the upstream broke off mid-answer; the status line is already sent, so the client sees a cut stream
+        except H1BodyError as exc:
+            # the upstream broke off mid-answer (closed, reset, malformed, or silent past the idle timeout)
             log.warning("upstream stream ended abnormally", request_id=ctx.request_id, error=type(exc).__name__)
             ctx.notes["stream_error"] = type(exc).__name__
             if out is None or not out.prepared:
@@ -171,7 +179,7 @@ class HttpForwarder:
         finally:
             resp.close()
 
-    async def _relay_sse(self, ctx: RequestContext, resp: aiohttp.ClientResponse, out: web.StreamResponse) -> None:
+    async def _relay_sse(self, ctx: RequestContext, resp: H1Response, out: web.StreamResponse) -> None:
         content = resp.content
         keepalive = self._keepalive
         tail = b"\n\n"  # a stream starts at an event boundary
@@ -189,9 +197,7 @@ class HttpForwarder:
             tail = (tail + chunk)[-4:]
             await out.write(chunk)
 
-    async def _relay_sse_transformed(
-        self, ctx: RequestContext, resp: aiohttp.ClientResponse, out: web.StreamResponse
-    ) -> None:
+    async def _relay_sse_transformed(self, ctx: RequestContext, resp: H1Response, out: web.StreamResponse) -> None:
         parser = SseParser()
         content = resp.content
         while True:
@@ -236,9 +242,9 @@ class HttpForwarder:
         return encode_event(data=orjson.dumps(new).decode(), event=event, id=id_, retry=retry)
 
     @staticmethod
-    async def _read_bounded(resp: aiohttp.ClientResponse) -> bytes:
+    async def _read_bounded(resp: H1Response) -> bytes:
         buf = bytearray()
-        async for chunk in resp.content.iter_any():
+        async for chunk in resp.content:
             buf += chunk
             if len(buf) > MAX_TRANSFORM_BYTES:
                 raise UpstreamProtocolError("upstream answer too large to filter", reason="upstream_too_large")

@@ -1,8 +1,10 @@
 """Per-upstream keep-alive connection pools.
 
-One aiohttp ClientSession per upstream instance, so one slow upstream cannot starve the others of connections.
-Pools are runtime state keyed by (url, pool settings): a reload that keeps a server's pool settings keeps its
-warm connections. The client timeout has no `total`: aiohttp's default of 300 s would cut long SSE streams.
+The forward path uses the lean HTTP/1.1 client's pools (`h1`, gateway/upstream/h1client.py); WebSocket upstreams
+use an aiohttp ClientSession (`session`). Either way there is one pool per upstream instance, so one slow upstream
+cannot starve the others of connections. Pools are runtime state keyed by (origin, pool settings): a reload that
+keeps a server's pool settings keeps its warm connections. The aiohttp client timeout has no `total`: aiohttp's
+default of 300 s would cut long streams.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from aiohttp import web
 from yarl import URL
 
 from gateway.policy.resilience import PoolPolicy
+from gateway.upstream.h1client import Endpoint, H1Pool, parse_url
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +30,8 @@ class PoolKey:
 class UpstreamPools:
     def __init__(self) -> None:
         self._sessions: dict[PoolKey, aiohttp.ClientSession] = {}
+        # a plain tuple key: this lookup is on every forwarded request and a dataclass hashes in Python
+        self._h1: dict[tuple[str, int, float], H1Pool] = {}
         self._closed = False
 
     @staticmethod
@@ -59,9 +64,27 @@ class UpstreamPools:
             self._sessions[key] = sess
         return sess
 
+    def h1(self, url: str, pool: PoolPolicy) -> tuple[H1Pool, Endpoint]:
+        """The forward path's pool for this URL's origin, and the parsed URL."""
+        endpoint = parse_url(url)
+        key = (endpoint.origin, pool.max_connections, pool.keepalive_seconds)
+        h1 = self._h1.get(key)
+        if h1 is None:
+            if self._closed:
+                raise RuntimeError("pools are closed")
+            h1 = self._h1[key] = H1Pool(endpoint, pool.max_connections, pool.keepalive_seconds)
+        return h1, endpoint
+
     def stats(self) -> dict[str, dict[str, int]]:
-        """In-use and idle connection counts per upstream origin (for metrics)."""
+        """In-use, idle and waiting connection counts and the limit per upstream origin (for metrics)."""
         out: dict[str, dict[str, int]] = {}
+        for (origin, _, _), h1 in self._h1.items():
+            in_use, idle, waiting = h1.stats()
+            entry = out.setdefault(origin, {"in_use": 0, "idle": 0, "waiting": 0, "limit": 0})
+            entry["in_use"] += in_use
+            entry["idle"] += idle
+            entry["waiting"] += waiting
+            entry["limit"] += h1.limit
         for key, sess in self._sessions.items():
             conn = sess.connector
             if conn is None:
@@ -78,6 +101,9 @@ class UpstreamPools:
 
     async def close(self) -> None:
         self._closed = True
+        for h1 in self._h1.values():
+            h1.close()
+        self._h1.clear()
         sessions = list(self._sessions.values())
         self._sessions.clear()
         await asyncio.gather(*(s.close() for s in sessions), return_exceptions=True)

@@ -1,12 +1,12 @@
 """The HTTP forwarder with safe retries under a retry budget.
 
 What is retried (MCP-NOTES section 7), at most `retry.attempts` extra times:
-  * a request that never reached the upstream (connect error): any method, even `tools/call`, because nothing
-    was delivered. Without a session it goes to another instance when there is one (balancer, skipping the
-    instance that failed); a session stays on its instance.
+  * a request that never reached the upstream (connect error or timeout, no pooled connection within the pool's
+    max wait): any method, even `tools/call`, because nothing was delivered. Without a session it goes to another
+    instance when there is one (balancer, skipping the instance that failed); a session stays on its instance.
   * a read-only request (list/get/read/ping/...; `tools/call` only for tools in `retry.idempotent_tools`) whose
     connection was reset or that got 502/503/504.
-Never retried: timeouts (the upstream may still be working on it, and a retry would double the wait for a hung
+Never retried: answer timeouts (the upstream may still be working on it, and a retry would double the wait for a hung
 upstream), `initialize` after delivery, notifications and client responses after delivery, and anything once
 the answer has started streaming.
 
@@ -22,14 +22,13 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-import aiohttp
-
 from gateway.auth.scopes import READ_METHODS
 from gateway.context import RequestContext, UpstreamOutcome
 from gateway.errors import GatewayError, UpstreamUnavailable
 from gateway.jsonrpc import Kind
 from gateway.policy.resilience import RetryPolicy
 from gateway.policy.servers import ServerPolicy
+from gateway.upstream.h1client import H1Response
 from gateway.upstream.http import HttpForwarder
 from gateway.upstream.pool import UpstreamPools
 
@@ -141,7 +140,7 @@ class ResilientForwarder(HttpForwarder):
         url: str,
         method: str,
         extra_headers: Iterable[tuple[str, str]] = (),
-    ) -> aiohttp.ClientResponse:
+    ) -> H1Response:
         extra = tuple(extra_headers)
         budget = self.budget(ctx.server_name)
         budget.note_request()
