@@ -326,6 +326,7 @@ class H1Connection(asyncio.Protocol):
         "_until_close",
         "idle",
         "idle_since",
+        "leased",
         "loop",
         "reused",
         "transport",
@@ -339,6 +340,9 @@ class H1Connection(asyncio.Protocol):
         self.reused = False  # has carried an earlier exchange: only such a connection can be stale
         self.idle = False
         self.idle_since = 0.0
+        # holds a pool slot; cleared by the one release or discard that gives the slot back, so a late second
+        # one (a response collected after its request already failed) cannot free the slot twice
+        self.leased = True
         self._exchange = False  # a request is out and its answer not complete
         self._headers_fut: asyncio.Future[H1Response] | None = None
         # the body, not the response: a response its caller dropped unclosed must be collectable (see __del__)
@@ -444,13 +448,17 @@ class H1Connection(asyncio.Protocol):
                 except ValueError:
                     raise H1ProtocolError("invalid Content-Length") from None
         self._until_close = length is None and not chunked and status not in (204, 304)
-        body = H1Body(self, self.loop, self._idle_timeout)
-        self._body = body
-        resp = H1Response(status, self._reason.decode("latin-1"), CIMultiDictProxy(headers), length, body, self)
         fut = self._headers_fut
         self._headers_fut = None
-        if fut is not None and not fut.done():
-            fut.set_result(resp)
+        if fut is None or fut.done():
+            # the requester gave up (timeout, cancel) as the answer came in; it closes the connection
+            self._broken = True
+            return
+        body = H1Body(self, self.loop, self._idle_timeout)
+        self._body = body
+        fut.set_result(
+            H1Response(status, self._reason.decode("latin-1"), CIMultiDictProxy(headers), length, body, self)
+        )
 
     def on_body(self, body: bytes) -> None:
         stream = self._body
@@ -583,6 +591,7 @@ class H1Pool:
             if not (not exc.written or (stale and method in IDEMPOTENT_METHODS)):
                 self._discard(conn)
                 raise
+            conn.leased = False  # its slot goes to the new connection
             conn.close()
         except BaseException:
             self._discard(conn)
@@ -608,6 +617,7 @@ class H1Pool:
                 conn.idle = False
                 if conn.transport is not None and not conn.transport.is_closing():
                     self._in_use += 1
+                    conn.leased = True
                     return conn
             if self._in_use < self.limit:
                 self._in_use += 1
@@ -616,7 +626,8 @@ class H1Pool:
         if got is not None:
             if got.transport is not None and not got.transport.is_closing():
                 return got
-            got.close()  # died between the hand-over and now; its slot is ours
+            got.leased = False  # died between the hand-over and now; its slot is ours for a new connection
+            got.close()
         return await self._connect(connect_timeout)
 
     async def _wait(self, timeout: float) -> H1Connection | None:
@@ -662,15 +673,16 @@ class H1Pool:
             self._free_slot()
             raise
         if self.closed:
-            conn.close()
-            self._free_slot()
+            self._discard(conn)
             raise H1ConnectError("upstream pool is closed")
         self._conns.add(conn)
         return conn
 
     def _discard(self, conn: H1Connection) -> None:
         conn.close()
-        self._free_slot()
+        if conn.leased:
+            conn.leased = False
+            self._free_slot()
 
     def _free_slot(self) -> None:
         waiters = self._waiters
@@ -682,6 +694,8 @@ class H1Pool:
         self._in_use -= 1
 
     def _release(self, conn: H1Connection, reusable: bool) -> None:
+        if not conn.leased:
+            return  # its slot was already given back
         if not reusable or self.closed:
             self._discard(conn)
             return
@@ -693,6 +707,7 @@ class H1Pool:
                 fut.set_result(conn)
                 return
         self._in_use -= 1
+        conn.leased = False
         conn.idle = True
         conn.idle_since = now = self.loop.time()
         self._idle.append(conn)
