@@ -57,7 +57,8 @@ class H1PoolTimeout(H1ConnectError):
 
 
 class H1Disconnected(H1Error):
-    """The connection broke after the request was written and before the answer's headers were complete."""
+    """The connection broke before the answer's headers were complete: after the request was written, or (`written`
+    False) on a connection found dead just before."""
 
     def __init__(self, message: str, *, before_any_byte: bool, written: bool = True) -> None:
         super().__init__(message)
