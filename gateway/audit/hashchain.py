@@ -58,8 +58,10 @@ class HashChain:
         self.seq += 1
         record["writer_id"] = self.writer_id
         record["seq"] = self.seq
-        record["prev_hash"] = self.prev
-        record["hash"] = h = record_hash(record)
+        record["prev_hash"] = prev = self.prev
+        # record_hash(record), knowing what it would look up: `hash` is not set yet and prev_hash is a str
+        body = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
+        record["hash"] = h = hashlib.sha256(prev.encode() + b"\n" + body).hexdigest()
         self.prev = h
         return record
 

@@ -290,33 +290,85 @@ def _opt(text: str | None, max_len: int = 256) -> str | None:
     return None if text is None else clean_text(text, max_len)
 
 
+_Who = tuple[str | None, str | None, str | None, str | None, str, str, str, str]
+_What = tuple[str | None, str | None, str | None, str | None]
+# The cleaned identity and operation fields of a record, by their raw values: one client calling one tool repeats
+# the same values in record after record, and one lookup replaces a dozen cleanups. Bounded like the memos above.
+_whos: dict[_Who, _Who] = {}
+_whats: dict[_What, _What] = {}
+
+
+def _clean_who(who: _Who) -> _Who:
+    tenant, principal, key_id, auth_method, client_ip, server, transport, http_method = who
+    return (
+        _opt(tenant, 128),
+        _opt(principal, 256),
+        _opt(key_id, 128),
+        _opt(auth_method, 32),
+        clean_text(client_ip, 64),
+        clean_text(server, 128),
+        clean_text(transport, 32),
+        clean_text(http_method, 16),
+    )
+
+
+def _clean_what(what: _What) -> _What:
+    rpc_method, tool, stage, reason = what
+    return (_opt(rpc_method, 128), _opt(tool, 256), _opt(stage, 64), _opt(reason, 128))
+
+
 def build_record(ev: AuditEvent, ts_us: int, risk: RiskRules, limits: SanitizeLimits) -> dict[str, Any]:
     """The full record (without the chain fields, which the writer's HashChain adds)."""
     decision = decision_of(ev)
     rpc_id = ev.rpc_id
+    who_raw = (
+        ev.tenant,
+        ev.principal,
+        ev.key_id,
+        ev.auth_method,
+        ev.client_ip,
+        ev.server,
+        ev.transport,
+        ev.http_method,
+    )
+    who = _whos.get(who_raw)
+    if who is None:
+        who = _clean_who(who_raw)
+        if len(_whos) >= _MEMO_MAX:
+            _whos.clear()
+        _whos[who_raw] = who
+    what_raw = (ev.rpc_method, ev.tool, ev.refused_stage, ev.refused_reason)
+    what = _whats.get(what_raw)
+    if what is None:
+        what = _clean_what(what_raw)
+        if len(_whats) >= _MEMO_MAX:
+            _whats.clear()
+        _whats[what_raw] = what
+    tenant, principal, key_id, auth_method, client_ip, server, transport, http_method = who
+    rpc_method, tool, stage, reason = what
     return {
         "id": new_record_id(),
         "ts": format_ts(ts_us),
         "started_at": format_ts(ev.started_us),
         "request_id": clean_text(ev.request_id, 128),
-        "tenant": _opt(ev.tenant, 128),
-        "principal": _opt(ev.principal, 256),
-        "key_id": _opt(ev.key_id, 128),
-        "auth_method": _opt(ev.auth_method, 32),
-        "client_ip": clean_text(ev.client_ip, 64),
-        "server": clean_text(ev.server, 128),
+        "tenant": tenant,
+        "principal": principal,
+        "key_id": key_id,
+        "auth_method": auth_method,
+        "client_ip": client_ip,
+        "server": server,
         "upstream": None if ev.upstream is None else _clean_upstream(ev.upstream),
-        "transport": clean_text(ev.transport, 32),
-        "http_method": clean_text(ev.http_method, 16),
+        "transport": transport,
+        "http_method": http_method,
         "session_hash": None if ev.session_id is None else hash_session(ev.session_id),
-        "rpc_method": _opt(ev.rpc_method, 128),
+        "rpc_method": rpc_method,
         "rpc_id": None if rpc_id is None else clean_text(str(rpc_id), 128),
-        "tool": _opt(ev.tool, 256),
+        "tool": tool,
         # a resource URI can carry a token in its query: pattern-redact it, not just bound it
         "resource_uri": None if ev.resource_uri is None else clean_text(redact_text(ev.resource_uri), 1024),
         "decision": decision,
-        "stage": _opt(ev.refused_stage, 64),
-        "reason": _opt(ev.refused_reason, 128),
+        "stage": stage,
+        "reason": reason,
         "http_status": ev.http_status,
         "rpc_error_code": ev.rpc_error_code,
         "upstream_status": ev.upstream_status,

@@ -94,7 +94,7 @@ class RecordLog:
         # every record of a batch comes from build_record + seal, so all share the first one's keys; a record
         # that would shadow a trailing key (or lack one) is left to structlog
         for rec in records:
-            if len(rec) != n or any(k in rec for k in trailing):
+            if len(rec) != n or not rec.keys().isdisjoint(trailing):
                 return None
         rendered = renderer(printer, "info", trailing)
         if not isinstance(rendered, str) or not rendered.startswith("{"):

@@ -146,8 +146,27 @@ def _valid_unicode(text: str) -> str:
     return text
 
 
+# Short values recur from record to record (note values, enum-like arguments): one regex scan each is most of a
+# record's sanitizing. Only values no pattern changed are remembered, so no secret is ever kept here; bounded, so
+# hostile values can only cost a rescan, never memory.
+_CLEAN_SHORT: dict[str, None] = {}
+_CLEAN_SHORT_MAX_LEN = 128
+_CLEAN_SHORT_MAX = 4096
+
+
 def redact_text(text: str) -> str:
     """Replace every secret-looking substring of `text`."""
+    if text in _CLEAN_SHORT:
+        return text
+    red = _redact(text)
+    if red is text and len(text) <= _CLEAN_SHORT_MAX_LEN:
+        if len(_CLEAN_SHORT) >= _CLEAN_SHORT_MAX:
+            _CLEAN_SHORT.clear()
+        _CLEAN_SHORT[text] = None
+    return red
+
+
+def _redact(text: str) -> str:
     text = _valid_unicode(text)
     if _ANY_SECRET.search(text) is None:
         return text
