@@ -61,7 +61,7 @@ class HttpForwarder:
             proto=ctx.request.scheme if ctx.request is not None else "http",
             extra=extra_headers,
         )
-        data = build_request(method, endpoint, headers.items(), ctx.body if method == "POST" else None)
+        data = build_request(method, endpoint, headers, ctx.body if method == "POST" else None)
         t = server.timeouts
         start = time.perf_counter()
         try:

@@ -157,7 +157,7 @@ async def get(
     first_byte: float = 5,
     idle: float = 5,
 ) -> H1Response:
-    data = build_request(method, parse_url(url), [("X-Test", "1")], body)
+    data = build_request(method, parse_url(url), CIMultiDict([("X-Test", "1")]), body)
     resp: H1Response = await pool.request(
         method, data, connect_timeout=connect, wait_timeout=wait, first_byte=first_byte, idle=idle
     )
@@ -199,10 +199,17 @@ async def test_request_bytes_and_keep_alive_reuse() -> None:
 
 
 async def test_get_sends_no_content_length_and_host_omits_default_port() -> None:
-    data = build_request("GET", parse_url("http://up.example/mcp"), [("Accept", "text/event-stream")], None)
+    up = parse_url("http://up.example/mcp")
+    data = build_request("GET", up, CIMultiDict({"Accept": "text/event-stream"}), None)
     assert data == b"GET /mcp HTTP/1.1\r\nHost: up.example\r\nAccept: text/event-stream\r\n\r\n"
-    with pytest.raises(ValueError, match="newline"):
-        build_request("GET", parse_url("http://up.example/mcp"), [("X-Evil", "a\r\nX-Injected: 1")], None)
+    for evil in ({"X-Evil": "a\r\nX-Injected: 1"}, {"X-Evil": "a\nb"}, {"X-Evil": "a\rb"}, {"X\r\nY": "1"}):
+        with pytest.raises(ValueError, match="newline"):
+            build_request("GET", up, CIMultiDict(evil), None)
+    data = build_request("DELETE", parse_url("http://u:p%40ss@up.example:8080/"), CIMultiDict(), None)
+    assert data == (
+        b"DELETE / HTTP/1.1\r\nHost: up.example:8080\r\nAccept: */*\r\n"
+        b"Authorization: Basic dTpwQHNz\r\nContent-Length: 0\r\n\r\n"
+    )
     assert parse_url("http://[::1]:8080/a b?q=é").target == "/a%20b?q=%C3%A9"
     assert parse_url("http://[::1]:8080/").host_header == "[::1]:8080"
 
