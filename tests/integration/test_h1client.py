@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ from gateway.upstream.h1client import (
 )
 from gateway.upstream.http import HttpForwarder
 from gateway.upstream.pool import UpstreamPools
+from gateway.upstream.resilient import ResilientForwarder
 
 pytestmark = pytest.mark.integration
 
@@ -105,6 +106,8 @@ async def serve(handler: Handler) -> AsyncIterator[Server]:
         try:
             await handler(conn)
             server.ended.append(conn.index)
+        except asyncio.CancelledError:
+            pass  # torn down with the test; ending cancelled would make asyncio's streams log an error
         finally:
             tasks.discard(task)
             writer.close()
@@ -486,29 +489,12 @@ async def test_idle_connections_expire_after_keepalive() -> None:
 
 
 async def test_connect_timeout_is_a_connect_error() -> None:
-    """A listener whose accept queue is full never completes the handshake: the connect times out."""
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    fillers = []
-    for _ in range(4):
-        s = socket.socket()
-        s.setblocking(False)
-        with contextlib.suppress(BlockingIOError):
-            s.connect(("127.0.0.1", port))
-        fillers.append(s)
-    url = f"http://127.0.0.1:{port}/mcp"
-    try:
+    with unconnectable() as url:
         async with pooled(url, limit=1) as pool:
             with pytest.raises(H1ConnectTimeout) as err:
                 await get(pool, url, connect=0.3)
             assert isinstance(err.value, H1ConnectError)
             assert pool.stats() == (0, 0, 0)
-    finally:
-        for s in fillers:
-            s.close()
-        listener.close()
 
 
 async def test_refused_connection_is_a_connect_error() -> None:
@@ -637,7 +623,9 @@ async def forward(url: str, **policy: Any) -> tuple[BaseException | None, list[U
         await pools.close()
 
 
-async def test_forwarder_classifies_connect_and_pool_wait_timeouts_as_never_delivered() -> None:
+@contextlib.contextmanager
+def unconnectable() -> Iterator[str]:
+    """A URL whose TCP connect never completes: the listener's accept queue is full and nobody accepts."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     listener.listen(0)
@@ -650,13 +638,18 @@ async def test_forwarder_classifies_connect_and_pool_wait_timeouts_as_never_deli
             s.connect(("127.0.0.1", port))
         fillers.append(s)
     try:
-        exc, outcomes = await forward(f"http://127.0.0.1:{port}/mcp", timeouts={"connect": 0.3})
-        assert isinstance(exc, UpstreamUnavailable) and exc.status == 502
-        assert [o.error for o in outcomes] == ["connect"]
+        yield f"http://127.0.0.1:{port}/mcp"
     finally:
         for s in fillers:
             s.close()
         listener.close()
+
+
+async def test_forwarder_classifies_connect_and_pool_wait_timeouts_as_never_delivered() -> None:
+    with unconnectable() as url:
+        exc, outcomes = await forward(url, timeouts={"connect": 0.3})
+        assert isinstance(exc, UpstreamUnavailable) and exc.status == 502
+        assert [o.error for o in outcomes] == ["connect"]
 
     release = asyncio.Event()
 
@@ -711,3 +704,29 @@ async def test_forwarder_classifies_reset_timeout_and_protocol() -> None:
         exc, outcomes = await forward(srv.url)
         assert exc is not None and exc.status == 502  # type: ignore[attr-defined]
         assert [o.error for o in outcomes] == ["protocol"]
+
+
+async def test_resilient_forwarder_retries_a_connect_timeout_on_another_instance() -> None:
+    """Never delivered, so even a tools/call may go again: to the other instance, with a well-formed answer."""
+    async with serve(lambda c: answer_all(c, srv, lambda r: ok())) as srv:
+        with unconnectable() as dead:
+            server = ServerPolicy.model_validate(
+                {
+                    "upstreams": [{"url": dead}, {"url": srv.url}],
+                    "timeouts": {"connect": 0.3},
+                    "retry": {"attempts": 1, "backoff_seconds": 0},
+                }
+            )
+            pools = UpstreamPools()
+            forwarder = ResilientForwarder(pools, 15.0, repick=lambda name, pol, tried: srv.url)
+            outcomes: list[UpstreamOutcome] = []
+            ctx = ctx_for(server, outcomes)
+            try:
+                resp = await forwarder.open(ctx, server, dead, "POST")
+                assert resp.status == 200 and await read_all(resp) == b'{"ok":true}'
+                resp.close()
+            finally:
+                await pools.close()
+        assert ctx.notes["retries"] == 1 and ctx.upstream_url == srv.url
+        assert [(o.error, o.status) for o in outcomes] == [("connect", None), (None, 200)]
+        assert len(srv.requests) == 1
