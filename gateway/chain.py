@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import structlog
@@ -38,6 +38,7 @@ log = structlog.get_logger("gateway.chain")
 T = TypeVar("T")
 
 STAGES: tuple[str, ...] = ("client_guard", "authn", "authz", "ratelimit", "breaker")
+_GUARD: tuple[str, ...] = STAGES[:1]
 CONNECT_STAGES: tuple[str, ...] = ("client_guard", "authn")
 MESSAGE_STAGES: tuple[str, ...] = ("authz", "ratelimit", "breaker")
 FORWARD_STAGE = "forward"
@@ -62,12 +63,20 @@ class Chain:
     snapshot: Snapshot
     filters: tuple[Filter, ...]
     observers: tuple[Observer, ...] = ()
+    # the filters of each `stages` selection, in chain order: a few fixed selections, each worked out once
+    _selected: dict[tuple[str, ...], tuple[Filter, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+
+    def _select(self, stages: tuple[str, ...]) -> tuple[Filter, ...]:
+        selected = self._selected.get(stages)
+        if selected is None:
+            selected = self._selected[stages] = tuple(flt for flt in self.filters if flt.stage in stages)
+        return selected
 
     async def admit(self, ctx: RequestContext, stages: tuple[str, ...] = STAGES) -> None:
         """Run the pre-forward stages named in `stages` (in the fixed order)."""
-        for flt in self.filters:
-            if flt.stage not in stages:
-                continue
+        for flt in self._select(stages):
             try:
                 await flt(ctx)
             except GatewayError as err:
@@ -94,7 +103,7 @@ class Chain:
         structlog.contextvars.bind_contextvars(request_id=ctx.request_id)
         try:
             if prepare is not None and stages and stages[0] == "client_guard":
-                await self.admit(ctx, ("client_guard",))
+                await self.admit(ctx, _GUARD)
                 try:
                     await prepare(ctx)
                 except GatewayError as err:
