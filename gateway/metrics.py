@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import os
+from bisect import bisect_left
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -161,6 +163,16 @@ class GatewayMetrics:
         self._up_children: dict[str, Any] = {}
         self._allowed_cache: dict[tuple[tuple[str, ...], int], tuple[Any, ...]] = {}
         self._worker_child = self.worker_requests.labels(str(self.worker))
+        # In one process every value is read through `render()`, which `refresh()`es first: the request path only
+        # tallies in plain dicts and `flush()` hands the sums to prometheus-client, instead of a dozen locked
+        # increments per request. With workers (multiprocess files) a scrape may be served by another process,
+        # which cannot flush this one's tallies, so there every increment goes to the shared file at once.
+        self._deferred = self._multiproc_dir is None
+        self._tally: dict[Any, int] = {}  # counter children (or tuples of them) -> increments not yet applied
+        self._tally_hist: dict[Any, _PendingObservations] = {}  # histogram children -> observations not yet applied
+        self._in_flight = 0
+        if self._deferred:
+            self.in_flight.set_function(lambda: self._in_flight)
         self._policy_version: str | None = None
         self._samplers: list[Sampler] = []
         # multiprocess mode: copies of scrape-time collectors' gauges (see _mirror_collectors)
@@ -172,6 +184,19 @@ class GatewayMetrics:
     def multiprocess(self) -> bool:
         return self._multiproc_dir is not None
 
+    def request_started(self) -> None:
+        """`in_flight.inc()`, by the transports for every request they handle."""
+        if self._deferred:
+            self._in_flight += 1
+        else:
+            self.in_flight.inc()
+
+    def request_finished(self) -> None:
+        if self._deferred:
+            self._in_flight -= 1
+        else:
+            self.in_flight.dec()
+
     def observe(self, ctx: RequestContext) -> None:
         server = ctx.server_name if ctx.server is not None else "_unknown"
         method = method_label(ctx)
@@ -180,24 +205,56 @@ class GatewayMetrics:
         child = self._req_children.get(key)
         if child is None:
             child = self._req_children[key] = self.requests.labels(server, method, status)
-        child.inc()
-        self._worker_child.inc()
         lkey = (server, method)
         lat = self._lat_children.get(lkey)
         if lat is None:
             lat = self._lat_children[lkey] = self.latency.labels(server, method)
-        lat.observe(ctx.elapsed())
-        if ctx.upstream_latency is not None:
+        up = None
+        up_latency = ctx.upstream_latency
+        if up_latency is not None:
             up = self._up_children.get(server)
             if up is None:
                 up = self._up_children[server] = self.upstream_latency.labels(server)
-            up.observe(ctx.upstream_latency)
-        for allowed in self._allowed_children(ctx):
-            allowed.inc()
+        allowed = self._allowed_children(ctx)
+        if self._deferred:
+            tally = self._tally
+            tally[child] = tally.get(child, 0) + 1
+            tally[self._worker_child] = tally.get(self._worker_child, 0) + 1
+            if allowed:
+                tally[allowed] = tally.get(allowed, 0) + 1
+            self._pending_observation(lat, ctx.elapsed())
+            if up is not None and up_latency is not None:
+                self._pending_observation(up, up_latency)
+        else:
+            child.inc()
+            self._worker_child.inc()
+            lat.observe(ctx.elapsed())
+            if up is not None:
+                up.observe(up_latency)
+            for stage in allowed:
+                stage.inc()
         if ctx.refused_stage is not None and ctx.refused_reason is not None and ctx.http_status != 499:
             self.decisions.labels(ctx.refused_stage, "refused", ctx.refused_reason).inc()
         for shadow in ctx.shadow:
             self.decisions.labels(shadow.stage, "shadow_refused", shadow.reason).inc()
+
+    def _pending_observation(self, child: Any, amount: float) -> None:
+        pending = self._tally_hist.get(child)
+        if pending is None:
+            pending = self._tally_hist[child] = _PendingObservations(child)
+        pending.add(amount)
+
+    def flush(self) -> None:
+        """Apply what the request path tallied (deferred mode); `refresh()` runs it before every scrape."""
+        tally, self._tally = self._tally, {}
+        for target, n in tally.items():
+            if type(target) is tuple:
+                for child in target:
+                    child.inc(n)
+            else:
+                target.inc(n)
+        for pending in self._tally_hist.values():
+            pending.apply()
 
     def _allowed_children(self, ctx: RequestContext) -> tuple[Any, ...]:
         """The `allowed` counters of the stages this request got through (shadow refusals included)."""
@@ -242,6 +299,7 @@ class GatewayMetrics:
         self._samplers.append(sampler)
 
     async def refresh(self) -> None:
+        self.flush()
         for sampler in self._samplers:
             try:
                 result = sampler()
@@ -320,7 +378,41 @@ class GatewayMetrics:
             merged = CollectorRegistry()
             MultiProcessCollector(merged, path=self._multiproc_dir)  # type: ignore[no-untyped-call]
             return generate_latest(merged)
+        self.flush()
         return generate_latest(self.registry)
+
+
+class _PendingObservations:
+    """Observations of one histogram child not yet applied: per-bucket counts and their sum, exactly what
+    `Histogram.observe` adds for each (the first bucket whose upper bound is >= the amount, and the amount)."""
+
+    __slots__ = ("bounds", "child", "counts", "total")
+
+    def __init__(self, child: Any) -> None:
+        self.child = child
+        # prometheus-client keeps a child's bounds and values in these attributes; it has no public API to add
+        # several observations at once
+        self.bounds: list[float] = list(child._upper_bounds)
+        self.counts = [0] * len(self.bounds)
+        self.total = 0.0
+
+    def add(self, amount: float) -> None:
+        if not math.isnan(amount):  # NaN matches no bucket in Histogram.observe (and bisect would say the first)
+            self.counts[bisect_left(self.bounds, amount)] += 1
+        self.total += amount
+
+    def apply(self) -> None:
+        counts = self.counts
+        if not any(counts) and not self.total:
+            return
+        child = self.child
+        child._sum.inc(self.total)
+        buckets = child._buckets
+        for i, n in enumerate(counts):
+            if n:
+                buckets[i].inc(n)
+                counts[i] = 0
+        self.total = 0.0
 
 
 METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics", GatewayMetrics)

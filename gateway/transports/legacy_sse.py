@@ -96,7 +96,7 @@ class LegacySseHandler:
         ctx = new_context(request, rt, active.snapshot, name, server, "sse")
         chain: Chain = active.chain
         metrics = self._app[METRICS]
-        metrics.in_flight.inc()
+        metrics.request_started()
         try:
             if not origin_ok(rt, request.headers.get("Origin")):
                 return refuse_early(chain, ctx, Forbidden("Origin not allowed", reason="bad_origin"))
@@ -105,7 +105,7 @@ class LegacySseHandler:
             except GatewayError as err:
                 return render(ctx, server, err)
         finally:
-            metrics.in_flight.dec()
+            metrics.request_finished()
 
     async def _forward_stream(self, ctx: RequestContext) -> web.StreamResponse:
         rt = self._app[RUNTIME]
@@ -209,7 +209,7 @@ class LegacySseHandler:
         ctx.session_id = session_id_of(request.query_string)
         chain: Chain = active.chain
         metrics = self._app[METRICS]
-        metrics.in_flight.inc()
+        metrics.request_started()
         try:
             if not origin_ok(rt, request.headers.get("Origin")):
                 return refuse_early(chain, ctx, Forbidden("Origin not allowed", reason="bad_origin"))
@@ -219,7 +219,7 @@ class LegacySseHandler:
                 await self._inject_refusal(ctx, err)
                 return render(ctx, server, err)
         finally:
-            metrics.in_flight.dec()
+            metrics.request_finished()
 
     async def _prepare_post(self, ctx: RequestContext) -> None:
         await read_and_parse(ctx, self._app[RUNTIME], LEGACY_VERSION)

@@ -58,7 +58,7 @@ class StreamableHttpHandler:
             "streamable-http",
             session_id=request.headers.get("Mcp-Session-Id"),
         )
-        metrics.in_flight.inc()
+        metrics.request_started()
         try:
             if server is None:
                 return refuse_early(chain, ctx, NotFound(f"no MCP server named {server_name!r}"))
@@ -81,7 +81,7 @@ class StreamableHttpHandler:
             except GatewayError as err:
                 return render(ctx, server, err)
         finally:
-            metrics.in_flight.dec()
+            metrics.request_finished()
 
     async def _prepare_post(self, ctx: RequestContext) -> None:
         assert ctx.server is not None
