@@ -49,6 +49,13 @@ def _install_uvloop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+def _maybe_event_stream(response: web.StreamResponse) -> bool:
+    """False when the answer cannot be an event stream: parsing Content-Type (`content_type`) costs more than the
+    rest of the prepare hook, and almost every answer is JSON."""
+    raw = response.headers.get("Content-Type")
+    return raw is not None and "event-stream" in raw.lower()
+
+
 class DrainTracker:
     """Knows which requests are running and which of them are long-lived streams (SSE GET, WebSocket)."""
 
@@ -83,7 +90,7 @@ class DrainTracker:
         kind: str | None = None
         if isinstance(response, web.WebSocketResponse):
             kind = "websocket"
-        elif response.content_type == "text/event-stream":
+        elif _maybe_event_stream(response) and response.content_type == "text/event-stream":
             if request.method == "GET":
                 kind = "sse"
             elif request.headers.get("Mcp-Method") == "subscriptions/listen":

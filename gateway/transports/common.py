@@ -52,14 +52,20 @@ async def read_body(request: web.BaseRequest, cap: int) -> bytes:
     declared = request.content_length
     if declared is not None and declared > cap:
         raise BodyTooLarge(f"request body larger than {cap} bytes", data={"limitBytes": cap})
-    buf = bytearray()
-    while True:
-        chunk = await request.content.readany()
-        if not chunk:
-            break
+    content = request.content
+    first = await content.readany()
+    if len(first) > cap:
+        raise BodyTooLarge(f"request body larger than {cap} bytes", data={"limitBytes": cap})
+    chunk = await content.readany() if first else first
+    if not chunk:
+        # the whole body in one chunk (the usual JSON-RPC message): no accumulation buffer and no copies
+        return first if type(first) is bytes else bytes(first)
+    buf = bytearray(first)
+    while chunk:
         buf += chunk
         if len(buf) > cap:
             raise BodyTooLarge(f"request body larger than {cap} bytes", data={"limitBytes": cap})
+        chunk = await content.readany()
     return bytes(buf)
 
 
