@@ -60,6 +60,35 @@ def _connection_tokens(headers: Mapping[str, str]) -> set[str]:
     return {t.strip().lower() for t in value.split(",") if t.strip()}
 
 
+# Header names as they arrive (per direction) -> whether they cross when the Connection header names
+# nothing beyond the fixed set (the usual case): the same dozen names arrive on every request, and a lookup
+# replaces lowering each one. Bounded: emptied when full, so odd names only cost the lowering again.
+_TO_UPSTREAM: dict[str, bool] = {}
+_TO_CLIENT: dict[str, bool] = {}
+_NAMES_MAX = 1024
+
+
+def _kept(
+    headers: CIMultiDictProxy[str] | CIMultiDict[str], fixed: frozenset[str], memo: dict[str, bool]
+) -> list[tuple[str, str]]:
+    """(name, value) pairs of `headers` not dropped: not in `fixed` and not named by their Connection header."""
+    tokens = _connection_tokens(headers) if "Connection" in headers else set()
+    if not tokens <= fixed:
+        drop = fixed | tokens
+        return [(name, value) for name, value in headers.items() if name.lower() not in drop]
+    out: list[tuple[str, str]] = []
+    for name, value in headers.items():
+        keep = memo.get(name)
+        if keep is None:
+            keep = name.lower() not in fixed
+            if len(memo) >= _NAMES_MAX:
+                memo.clear()
+            memo[name] = keep
+        if keep:
+            out.append((name, value))
+    return out
+
+
 def upstream_request_headers(
     client: CIMultiDictProxy[str] | CIMultiDict[str],
     *,
@@ -68,12 +97,7 @@ def upstream_request_headers(
     proto: str,
     extra: Iterable[tuple[str, str]] = (),
 ) -> CIMultiDict[str]:
-    tokens = _connection_tokens(client)
-    drop = _DROP_TO_UPSTREAM if tokens <= _DROP_TO_UPSTREAM else _DROP_TO_UPSTREAM | tokens
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in client.items():
-        if name.lower() not in drop:
-            out.add(name, value)
+    out: CIMultiDict[str] = CIMultiDict(_kept(client, _DROP_TO_UPSTREAM, _TO_UPSTREAM))
     out["Accept-Encoding"] = "identity"
     out["X-Request-ID"] = request_id
     out["X-Forwarded-For"] = client_ip
@@ -84,10 +108,4 @@ def upstream_request_headers(
 
 
 def client_response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
-    tokens = _connection_tokens(upstream)
-    drop = _DROP_TO_CLIENT if tokens <= _DROP_TO_CLIENT else _DROP_TO_CLIENT | tokens
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream.items():
-        if name.lower() not in drop:
-            out.add(name, value)
-    return out
+    return CIMultiDict(_kept(upstream, _DROP_TO_CLIENT, _TO_CLIENT))
