@@ -18,12 +18,13 @@ import structlog
 from aiohttp import web
 
 from gateway.context import RequestContext, UpstreamOutcome
-from gateway.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import UpstreamPoolExhausted, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from gateway.policy.servers import ServerPolicy
 from gateway.upstream.h1client import (
     H1BodyError,
     H1ConnectError,
     H1Disconnected,
+    H1PoolTimeout,
     H1ProtocolError,
     H1Response,
     H1ResponseTimeout,
@@ -73,9 +74,18 @@ class HttpForwarder:
                 first_byte=t.first_byte,
                 idle=t.idle,
             )
+        except H1PoolTimeout as exc:
+            # never sent, like a connect failure below (so retryable on another instance); the cap that was hit is
+            # the gateway's own, which the client is told with a 503 and Retry-After rather than a 502
+            self._failed(ctx, url, "connect", start)
+            raise UpstreamPoolExhausted(
+                "every connection to the upstream stayed busy; try again shortly",
+                retry_after=max(1.0, server.pool.max_wait_seconds),
+                data={"detail": type(exc).__name__},
+            ) from None
         except H1ConnectError as exc:
-            # Nothing was sent (refused, DNS, connect timeout, no pooled connection in time): never delivered, so
-            # a retry is safe for any method, and the upstream did not time out on us (no 504).
+            # Nothing was sent (refused, DNS, connect timeout): never delivered, so a retry is safe for any method,
+            # and the upstream did not time out on us (no 504).
             self._failed(ctx, url, "connect", start)
             raise UpstreamUnavailable(
                 "upstream is unreachable", reason="upstream_unreachable", data={"detail": type(exc).__name__}

@@ -513,9 +513,12 @@ async def test_pool_limit_makes_requests_wait_a_bounded_time_and_is_visible(tmp_
         text = (await client.http.get(f"{gw.base}/metrics")).text
         assert gauge(text, f'mcp_gateway_upstream_pool_connections{{state="in_use",upstream="{origin}"}}') == 1.0
         assert gauge(text, f'mcp_gateway_upstream_pool_connections{{state="limit",upstream="{origin}"}}') == 1.0
-        # the waiter gives up after max_wait_seconds (+ connect) with a well-formed 504, long before the holder ends
-        status, msg, _ = await asyncio.wait_for(waiter, 5)
-        assert status == 504 and msg["error"]["data"]["reason"] == "upstream_timeout"
+        # the waiter gives up after max_wait_seconds with a well-formed 503 (the gateway's own connection cap, not
+        # the upstream's fault; nothing was sent), long before the holder ends
+        status, msg, resp = await asyncio.wait_for(waiter, 5)
+        assert status == 503 and msg["error"]["data"]["reason"] == "upstream_pool_exhausted"
+        assert msg["error"]["code"] == -31003 and msg["error"]["data"]["retryAfterSeconds"] == 2
+        assert resp.headers["Retry-After"] == "2"
         assert not holder.done()
         assert (await asyncio.wait_for(holder, 10))[0] == 200
         assert control(up)["requests"] == 1  # the waiter never got a connection

@@ -18,7 +18,7 @@ import pytest
 from multidict import CIMultiDict
 
 from gateway.context import RequestContext, UpstreamOutcome
-from gateway.errors import UpstreamTimeout, UpstreamUnavailable
+from gateway.errors import UpstreamPoolExhausted, UpstreamTimeout, UpstreamUnavailable
 from gateway.policy.servers import ServerPolicy
 from gateway.upstream.h1client import (
     HIGH_WATER,
@@ -667,8 +667,11 @@ async def test_forwarder_classifies_connect_and_pool_wait_timeouts_as_never_deli
             holder = asyncio.create_task(forwarder.open(ctx_for(server, []), server, srv.url, "POST"))
             await until(lambda: len(srv.conns) == 1)
             outcomes: list[UpstreamOutcome] = []
-            with pytest.raises(UpstreamUnavailable):
+            with pytest.raises(UpstreamPoolExhausted) as waited:
                 await forwarder.open(ctx_for(server, outcomes), server, srv.url, "POST")
+            # still never-delivered (retryable, a subclass of UpstreamUnavailable), but told as the gateway's cap
+            assert isinstance(waited.value, UpstreamUnavailable) and waited.value.status == 503
+            assert waited.value.reason == "upstream_pool_exhausted" and waited.value.headers["Retry-After"] == "1"
             assert [o.error for o in outcomes] == ["connect"]
             holder.cancel()
             await asyncio.gather(holder, return_exceptions=True)
