@@ -15,7 +15,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import aiohttp
 import orjson
 import structlog
 from aiohttp import web
@@ -40,7 +39,7 @@ from gateway.settings import Settings
 from gateway.transports.common import new_context, origin_ok, read_and_parse, refuse_early, render
 from gateway.transports.legacy_bus import LEGACY_BUS
 from gateway.transports.metrics import TRANSPORT_METRICS
-from gateway.upstream.h1client import H1Response
+from gateway.upstream.h1client import H1BodyError, H1Response
 from gateway.upstream.headers import client_response_headers
 from gateway.upstream.http import KEEPALIVE_COMMENT
 from gateway.upstream.legacy_sse import LIVE_STREAMS, LiveStream, Transform, rewrite_endpoint, session_id_of
@@ -172,7 +171,7 @@ class LegacySseHandler:
                         await out.write(raw)
                     ctx.bytes_out += len(raw)
             await out.write_eof()
-        except (aiohttp.ClientPayloadError, aiohttp.ClientConnectionError) as exc:
+        except H1BodyError as exc:
             log.warning("upstream legacy stream ended abnormally", request_id=ctx.request_id, error=type(exc).__name__)
             ctx.notes["stream_error"] = type(exc).__name__
         except ConnectionResetError:

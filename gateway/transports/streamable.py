@@ -100,5 +100,11 @@ class StreamableHttpHandler:
             ctx.http_method,
             extra_headers=rt.upstream_credentials(ctx.snapshot, ctx.server_name),
         )
-        await after_response(ctx, rt.sessions, resp.status, resp.headers.get("Mcp-Session-Id"))
+        try:
+            await after_response(ctx, rt.sessions, resp.status, resp.headers.get("Mcp-Session-Id"))
+        except BaseException:
+            # relay() owns the response from here on; before it, a failure (the client leaving, a store error) must
+            # still give the upstream connection back rather than leave it to the garbage collector
+            resp.close()
+            raise
         return await rt.forwarder.relay(ctx, ctx.request, resp)
