@@ -70,16 +70,21 @@ FORWARD_STAGE = "forward"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-_ts_cache: list[Any] = [-1, ""]  # (second, "YYYY-MM-DDTHH:MM:SS") of the last call: strftime is the costly part
+# "YYYY-MM-DDTHH:MM:SS" by second: strftime is the costly part. A record's two times (ts, started_at) usually
+# share a second but not always, and a one-entry cache thrashed between them; bounded like the memos below.
+_ts_secs: dict[int, str] = {}
 
 
 def format_ts(us: int) -> str:
     """Microseconds since the epoch -> `2026-11-25T23:59:59.123456Z` (the canonical form the hash covers)."""
     sec, frac = divmod(us, 1_000_000)
-    if _ts_cache[0] != sec:
-        _ts_cache[1] = (EPOCH + timedelta(seconds=sec)).strftime("%Y-%m-%dT%H:%M:%S")
-        _ts_cache[0] = sec
-    return f"{_ts_cache[1]}.{frac:06d}Z"
+    head = _ts_secs.get(sec)
+    if head is None:
+        head = (EPOCH + timedelta(seconds=sec)).strftime("%Y-%m-%dT%H:%M:%S")
+        if len(_ts_secs) >= 64:
+            _ts_secs.clear()
+        _ts_secs[sec] = head
+    return f"{head}.{frac:06d}Z"
 
 
 def parse_ts(text: str) -> datetime:
