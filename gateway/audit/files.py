@@ -23,9 +23,12 @@ class EncodedBatch(list[dict[str, Any]]):
 
 def encode_lines(records: list[dict[str, Any]]) -> bytes:
     lines = records.lines if isinstance(records, EncodedBatch) else None
-    if lines is not None and len(lines) == len(records):
-        return b"\n".join(lines) + b"\n" if lines else b""
-    return b"".join(orjson.dumps(r) + b"\n" for r in records)
+    if lines is None or len(lines) != len(records):
+        lines = [orjson.dumps(r) for r in records]
+    if not lines:
+        return b""
+    # one join with the final newline in it: a second ~0.5 MB buffer for `+ b"\n"` costs more than the join
+    return b"\n".join([*lines, b""])
 
 
 def append_synced(path: Path, data: bytes) -> int:

@@ -3,8 +3,13 @@ the fast paths (column fetch in to_row, cached time heads, ...) must not change 
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -102,3 +107,56 @@ def test_format_ts_alternating_seconds() -> None:
 def test_sealed_hash_is_record_hash() -> None:
     for rec in _sealed():
         assert record_hash(rec) == rec["hash"]
+
+
+_EMIT_SCRIPT = r"""
+import sys
+from gateway.logging import configure_logging
+configure_logging("info", "json")
+import structlog
+from gateway.audit import recordlog
+from gateway.audit.hashchain import HashChain
+from gateway.audit.record import RiskRules, build_record, capture
+from gateway.audit.sanitize import SanitizeLimits
+from gateway.audit.throughput import _context
+from gateway.settings import AuditSettings
+
+settings = AuditSettings()
+risk, limits, chain = RiskRules(settings.risk), SanitizeLimits(), HashChain("w1")
+records = []
+for i in range(7):
+    ev = capture(_context(i))
+    ev.request_id = f"r{i}-\u00e9\u2603"
+    ev.notes = {"n": i, "text": "caf\u00e9 \U0001f600"}
+    records.append(chain.seal(build_record(ev, ev.ts_us, risk, limits)))
+structlog.contextvars.bind_contextvars(worker=3)
+rlog = recordlog.RecordLog()
+printer = rlog._batch_renderer(records)[0]
+assert recordlog._raw_stream(printer) is sys.__stderr__, "the raw path must be the one under test"
+structlog.get_logger("other").info("before")
+rlog.emit(records)
+structlog.get_logger("other").info("between")
+recordlog._raw_stream = lambda printer: None  # the print() path, as before
+rlog.emit(records)
+print("after", file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("unbuffered", [True, False])
+def test_raw_log_write_puts_the_bytes_print_would(tmp_path: Path, unbuffered: bool) -> None:
+    err = tmp_path / "stderr"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"  # stderr's buffer is then a FileIO
+    with err.open("wb") as fh:
+        subprocess.run([sys.executable, "-c", _EMIT_SCRIPT], stderr=fh, check=True, env={**env, "PYTHONUTF8": "1"})
+    stamp = re.compile(rb'"timestamp":"[^"]*"')
+    lines = stamp.sub(b"T", err.read_bytes()).split(b"\n")
+    assert lines[-2:] == [b"after", b""]
+    assert b'"event":"before"' in lines[0] and b'"event":"between"' in lines[8]
+    raw, printed = lines[1:8], lines[9:16]
+    assert raw == printed
+    assert all(
+        line.startswith(b'{"id":"') and line.endswith(b',"event":"audit","worker":3,"level":"info",T}') for line in raw
+    )
+    assert "r0-é☃".encode() in raw[0]
