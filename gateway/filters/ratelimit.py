@@ -9,23 +9,26 @@ stream an open-stream slot when the tenant or key has a cap; both are released t
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from aiohttp import web
 
+from gateway.auth.principal import Principal
 from gateway.context import RequestContext, ShadowDecision
 from gateway.errors import ConcurrencyLimited, RateLimited
 from gateway.jsonrpc import Kind
 from gateway.policy.snapshot import Snapshot
 from gateway.ratelimit.compiled import CompiledLimits
-from gateway.ratelimit.gcra import SlotCheck, SlotHold, TierCheck
-from gateway.ratelimit.headers import add_limit_headers, limit_headers
+from gateway.ratelimit.gcra import SlotCheck, SlotHold, TierCheck, Verdict
+from gateway.ratelimit.headers import add_limit_headers, limit_headers, policy_value, ratelimit_value, tightest
 from gateway.ratelimit.install import LIMITER
 from gateway.ratelimit.service import RateLimiter
 from gateway.ratelimit.shares import ANONYMOUS_TENANT
+from gateway.ratelimit.store import MemoryStore
 
 CALL_METHOD = "tools/call"
-_MAX_CACHED_CHECKS = 8192
+_MAX_CACHED_PLANS = 8192
 
 
 def request_cost(ctx: RequestContext, c: CompiledLimits) -> tuple[int, bool]:
@@ -57,68 +60,83 @@ def request_cost(ctx: RequestContext, c: CompiledLimits) -> tuple[int, bool]:
     return total, calls
 
 
+class TierPlan:
+    """The tiers one client's requests are charged against under one policy snapshot, and the `RateLimit-Policy`
+    value they advertise. A client's tiers are the same from one request to the next, and building them (plus
+    formatting the policy header) was a measurable part of the stage's cost, so they are built once per client, cost
+    and fair share. `tiers` is handed to the store as it is: stores only read it."""
+
+    __slots__ = ("policy", "share", "tiers")
+
+    def __init__(self, tiers: list[TierCheck], share: float | None) -> None:
+        self.tiers = tiers
+        self.share = share  # the tenant's fair share the tenant tier was built for (None: no fair share)
+        self.policy = policy_value(tiers)
+
+
+_NO_SLOTS: tuple[SlotCheck, ...] = ()
+
+
 class RateLimitFilter:
     stage = "ratelimit"
 
     def __init__(self, compiled: CompiledLimits, limiter: RateLimiter) -> None:
         self._c = compiled
         self._limiter = limiter
-        # TierChecks by store key, reused while their numbers stay the same: a client's tiers are the same from one
-        # request to the next (the filter is built per policy snapshot), and building them is a measurable part of
-        # the stage's cost. Bounded: cleared when it grows past the cap.
-        self._checks: dict[str, TierCheck] = {}
+        self._caps = bool(compiled.tenant_caps or compiled.key_caps)
+        # plans by (cost, tenant, what the user and key tiers depend on); bounded: cleared when full
+        self._plans: dict[tuple[object, ...], TierPlan] = {}
+        # the labelled decisions counter of the in-process fast path, looked up on its first use (creating it
+        # earlier would export a zero series that the unoptimised path would not)
+        self._allowed_memory: Any = None
 
-    def _check(
-        self, name: str, key: str, interval: float, burst: float, cost: int, shadow: bool, shared: bool
-    ) -> TierCheck:
-        hit = self._checks.get(key)
-        # the name and `shared` follow from the key's prefix; the rest can change (cost, fair share, role)
-        if (
-            hit is not None
-            and hit.cost == cost
-            and hit.interval == interval
-            and hit.burst == burst
-            and hit.shadow == shadow
-        ):
-            return hit
-        check = TierCheck(name, key, interval, burst, cost, shadow, shared)
-        if len(self._checks) >= _MAX_CACHED_CHECKS:
-            self._checks.clear()
-        self._checks[key] = check
-        return check
+    def _plan(self, ctx: RequestContext, p: Principal | None, tenant: str, cost: int) -> TierPlan:
+        key: tuple[object, ...]
+        if p is None:
+            key = (cost, tenant)
+        else:
+            key = (cost, tenant, p.role, p.tenant, p.subject, p.key_id, ctx.client_ip if p.is_anonymous else None)
+        share = None
+        if self._c.fair is not None:
+            fair = self._limiter.fair
+            fair.record(tenant, cost)
+            share = fair.share(tenant)
+        plan = self._plans.get(key)
+        if plan is None or plan.share != share:
+            plan = TierPlan(self._tiers(ctx, tenant, cost, share), share)
+            if len(self._plans) >= _MAX_CACHED_PLANS:
+                self._plans.clear()
+            self._plans[key] = plan
+        return plan
 
-    def _tiers(self, ctx: RequestContext, tenant: str, cost: int) -> list[TierCheck]:
+    def _tiers(self, ctx: RequestContext, tenant: str, cost: int, share: float | None) -> list[TierCheck]:
         c = self._c
         p = ctx.principal
         tiers: list[TierCheck] = []
         g = c.global_
         if g is not None:
-            tiers.append(self._check("global", "g", g.interval, g.burst, cost, g.shadow, True))
+            tiers.append(TierCheck("global", "g", g.interval, g.burst, cost, g.shadow, True))
         ceiling = c.tenant_ceiling
-        share = None
-        if c.fair is not None:
-            self._limiter.fair.record(tenant, cost)
-            share = self._limiter.fair.share(tenant)
         if share is not None:
             # a share can be 0 (everything reserved by others): a tiny rate refuses without dividing by zero
             rate = max(1e-3, share if ceiling is None else min(share, ceiling.rate))
             burst = ceiling.burst if ceiling is not None else max(1.0, rate * c.fair_burst_seconds)
             shadow = ceiling.shadow if ceiling is not None else (g.shadow if g is not None else False)
-            tiers.append(self._check("tenant", f"t:{tenant}", 1.0 / rate, burst, cost, shadow, True))
+            tiers.append(TierCheck("tenant", f"t:{tenant}", 1.0 / rate, burst, cost, shadow, True))
         elif ceiling is not None:
             tiers.append(
-                self._check("tenant", f"t:{tenant}", ceiling.interval, ceiling.burst, cost, ceiling.shadow, True)
+                TierCheck("tenant", f"t:{tenant}", ceiling.interval, ceiling.burst, cost, ceiling.shadow, True)
             )
         if p is not None:
             role = c.roles.get(p.role)
             if role is not None:
                 # "u:" + who, who being "ip:<client ip>" for anonymous callers, "<tenant>:<subject>" otherwise
                 key = f"u:ip:{ctx.client_ip}" if p.is_anonymous else f"u:{p.tenant}:{p.subject}"
-                tiers.append(self._check("user", key, role.interval, role.burst, cost, role.shadow, False))
+                tiers.append(TierCheck("user", key, role.interval, role.burst, cost, role.shadow, False))
             if p.key_id is not None:
                 k = c.keys.get(p.key_id)
                 if k is not None:
-                    tiers.append(self._check("key", f"k:{p.key_id}", k.interval, k.burst, cost, k.shadow, False))
+                    tiers.append(TierCheck("key", f"k:{p.key_id}", k.interval, k.burst, cost, k.shadow, False))
         return tiers
 
     def _slots(self, ctx: RequestContext, tenant: str, calls: bool) -> list[SlotCheck]:
@@ -147,12 +165,34 @@ class RateLimitFilter:
         cost, calls = request_cost(ctx, c)
         p = ctx.principal
         tenant = (p.tenant if p is not None else None) or ANONYMOUS_TENANT
-        slots = self._slots(ctx, tenant, calls)
-        tiers = self._tiers(ctx, tenant, cost) if cost > 0 else []
+        slots: Sequence[SlotCheck] = self._slots(ctx, tenant, calls) if self._caps else _NO_SLOTS
+        plan = self._plan(ctx, p, tenant, cost) if cost > 0 else None
+        tiers = plan.tiers if plan is not None else []
         if not tiers and not slots:
             return
         limiter = self._limiter
-        verdict = await limiter.backend.decide(tiers, slots, c.slot_ttl, c.fail_mode, c.fallback_share)
+        backend = limiter.backend
+        if backend.redis is None and not slots:
+            # in-process store, rate tiers only: what backend.decide would do, without the coroutine, and without
+            # building the Verdict when every tier admits
+            got = backend.memory.decide_lean(tiers)
+            if not isinstance(got, Verdict):
+                child = self._allowed_memory
+                if child is None:
+                    child = self._allowed_memory = limiter.metrics.decision_child(True, MemoryStore.name)
+                child.inc()
+                ctx.cost = cost
+                ctx.notes["ratelimit_backend"] = MemoryStore.name
+                assert plan is not None
+                headers = ctx.response_headers
+                if plan.policy:
+                    headers["RateLimit-Policy"] = plan.policy
+                if got is not None:
+                    headers["RateLimit"] = ratelimit_value(got)
+                return
+            verdict = got
+        else:
+            verdict = await backend.decide(tiers, slots, c.slot_ttl, c.fail_mode, c.fallback_share)
         metrics = limiter.metrics
         metrics.decided(verdict.allowed, verdict.backend)
         ctx.cost = cost
@@ -182,7 +222,17 @@ class RateLimitFilter:
                 data={"limit": refused.name},
             )
         if verdict.tiers:
-            add_limit_headers(ctx.response_headers, verdict.tiers)
+            if plan is None or verdict.backend == "fallback":
+                # the in-process fallback decides scaled copies of the tiers: advertise what it decided
+                add_limit_headers(ctx.response_headers, verdict.tiers)
+            else:
+                # the store's results carry the plan's tiers' bursts and intervals: the policy value is the plan's
+                headers = ctx.response_headers
+                if plan.policy:
+                    headers["RateLimit-Policy"] = plan.policy
+                best = tightest(verdict.tiers)
+                if best is not None:
+                    headers["RateLimit"] = ratelimit_value(best)
         hold = verdict.hold
         if hold is not None:
             ctx.releases.append(_releaser(limiter, hold))

@@ -73,6 +73,14 @@ class RateLimitMetrics:
         self._decision_children: dict[tuple[str, str], Any] = {}
         self._refusal_children: dict[tuple[str, str], Any] = {}
 
+    def decision_child(self, allowed: bool, backend: str) -> Any:
+        """The labelled `decisions` counter itself, for a caller that counts the same outcome on every request."""
+        key = ("allowed" if allowed else "refused", backend)
+        child = self._decision_children.get(key)
+        if child is None:
+            child = self._decision_children[key] = self.decisions.labels(*key)
+        return child
+
     def decided(self, allowed: bool, backend: str) -> None:
         key = ("allowed" if allowed else "refused", backend)
         child = self._decision_children.get(key)

@@ -47,6 +47,48 @@ class MemoryStore:
         self._ops += 1
         if self._ops % self._sweep_every == 0:
             self.sweep(now)
+        return self._decide_at(tiers, slots, slot_ttl, now)
+
+    def decide_lean(self, tiers: Sequence[TierCheck]) -> Verdict | TierResult | None:
+        """What `decide_now(tiers, [], 0)` decides and writes, without building its Verdict when every tier (shadow ones
+        included) admits, the embedded gateway's common case. Then the answer is the tightest enforced tier's result
+        (the one the RateLimit header reports; None when every tier is shadow); otherwise it is decide_now's Verdict,
+        decided at the same instant."""
+        now = self._clock()
+        self._ops += 1
+        if self._ops % self._sweep_every == 0:
+            self.sweep(now)
+        tats = self._tats
+        news: list[float] = []
+        best: TierCheck | None = None
+        best_remaining = 0
+        best_reset = 0.0
+        # the same expressions as _decide_at (so the same floats), keeping only what the tightest tier needs
+        for check in tiers:
+            t = check.interval
+            tau = check.burst * t
+            tat = tats.get(check.key)
+            base = now if tat is None or tat < now else tat
+            new = base + check.cost * t
+            diff = new - now
+            if diff > tau + EPS:
+                return self._decide_at(tiers, (), 0.0, now)
+            news.append(new)
+            if check.shadow:
+                continue
+            remaining = floor((tau - diff + EPS) / t)
+            # headers._tightest's order: fewest remaining, then the longest reset, then the first
+            if best is None or remaining < best_remaining or (remaining == best_remaining and diff > best_reset):
+                best, best_remaining, best_reset = check, remaining, diff
+        for check, new_tat in zip(tiers, news, strict=True):
+            tats[check.key] = new_tat
+        if best is None:
+            return None
+        return TierResult(best.name, True, best_remaining, 0.0, best_reset, best.burst, best.interval, best.shadow)
+
+    def _decide_at(
+        self, tiers: Sequence[TierCheck], slots: Sequence[SlotCheck], slot_ttl: float, now: float
+    ) -> Verdict:
         # gcra.evaluate/decide inlined (same expressions, same order, so the same floats): this runs for every
         # request, and the per-tier TierOutcome objects and intermediate lists cost more than the arithmetic
         tats = self._tats
