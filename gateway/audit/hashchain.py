@@ -61,7 +61,9 @@ class HashChain:
         record["prev_hash"] = prev = self.prev
         # record_hash(record), knowing what it would look up: `hash` is not set yet and prev_hash is a str
         body = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
-        record["hash"] = h = hashlib.sha256(prev.encode() + b"\n" + body).hexdigest()
+        digest = hashlib.sha256(prev.encode() + b"\n")
+        digest.update(body)  # not `prev + body`: that copies the ~1 KB body once more
+        record["hash"] = h = digest.hexdigest()
         self.prev = h
         return record
 

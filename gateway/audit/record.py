@@ -204,8 +204,22 @@ class RiskRules:
         self._methods = dict(rules.methods)
         self._tool_exact = {k: v for k, v in rules.tools.items() if not any(c in k for c in "*?[")}
         self._tool_globs = [(k, v) for k, v in rules.tools.items() if any(c in k for c in "*?[")]
+        self._levels: dict[tuple[Any, ...], str] = {}
 
     def level(self, ev: AuditEvent, decision: str) -> str:
+        # the level is a function of these few fields only, and one client calling one tool repeats them record
+        # after record: one lookup instead of the rule walk (and the glob matches). Bounded like the memos below.
+        status = ev.upstream_status
+        key = (ev.admin, ev.rpc_method, ev.tool, decision, ev.refused_stage, status is not None and status >= 500)
+        level = self._levels.get(key)
+        if level is None:
+            level = self._level(ev, decision)
+            if len(self._levels) >= _MEMO_MAX:
+                self._levels.clear()
+            self._levels[key] = level
+        return level
+
+    def _level(self, ev: AuditEvent, decision: str) -> str:
         r = self._r
         level: str = r.default
         method = ev.rpc_method

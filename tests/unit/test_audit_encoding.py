@@ -160,3 +160,26 @@ def test_raw_log_write_puts_the_bytes_print_would(tmp_path: Path, unbuffered: bo
         line.startswith(b'{"id":"') and line.endswith(b',"event":"audit","worker":3,"level":"info",T}') for line in raw
     )
     assert "r0-é☃".encode() in raw[0]
+
+
+def test_memoized_risk_level_is_the_rule_walk() -> None:
+    from gateway.settings import AuditRiskRules
+
+    rules = RiskRules(
+        AuditRiskRules(methods={"resources/read": "high"}, tools={"delete_*": "critical", "add": "low", "x?": "high"})
+    )
+    ev = capture(_context(0))
+    seen = set()
+    for admin in (False, True):
+        for method in (None, "tools/call", "resources/read", "ping", "batch", "notifications/x", "weird/method"):
+            for tool in (None, "add", "delete_all", "xy", "other"):
+                for stage in (None, "authn", "ratelimit", "forward", "client_guard"):
+                    for status in (None, 200, 500, 503):
+                        for decision in ("allowed", "refused", "error", "cancelled"):
+                            ev.admin, ev.rpc_method, ev.tool = admin, method, tool
+                            ev.refused_stage, ev.upstream_status = stage, status
+                            want = rules._level(ev, decision)
+                            assert rules.level(ev, decision) == want  # first call fills the memo
+                            assert rules.level(ev, decision) == want  # the second is served from it
+                            seen.add(want)
+    assert seen == {"low", "medium", "high", "critical"}
