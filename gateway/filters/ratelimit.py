@@ -25,7 +25,7 @@ from gateway.ratelimit.headers import add_limit_headers, limit_headers, policy_v
 from gateway.ratelimit.install import LIMITER
 from gateway.ratelimit.service import RateLimiter
 from gateway.ratelimit.shares import ANONYMOUS_TENANT
-from gateway.ratelimit.store import MemoryStore
+from gateway.ratelimit.store import MemoryStore, PreparedTiers
 
 CALL_METHOD = "tools/call"
 _MAX_CACHED_PLANS = 8192
@@ -66,12 +66,13 @@ class TierPlan:
     formatting the policy header) was a measurable part of the stage's cost, so they are built once per client, cost
     and fair share. `tiers` is handed to the store as it is: stores only read it."""
 
-    __slots__ = ("policy", "share", "tiers")
+    __slots__ = ("policy", "prepared", "share", "tiers")
 
     def __init__(self, tiers: list[TierCheck], share: float | None) -> None:
         self.tiers = tiers
         self.share = share  # the tenant's fair share the tenant tier was built for (None: no fair share)
         self.policy = policy_value(tiers)
+        self.prepared = PreparedTiers(tiers)
 
 
 _NO_SLOTS: tuple[SlotCheck, ...] = ()
@@ -172,10 +173,10 @@ class RateLimitFilter:
             return
         limiter = self._limiter
         backend = limiter.backend
-        if backend.redis is None and not slots:
+        if plan is not None and backend.redis is None and not slots:
             # in-process store, rate tiers only: what backend.decide would do, without the coroutine, and without
             # building the Verdict when every tier admits
-            got = backend.memory.decide_lean(tiers)
+            got = backend.memory.decide_lean(plan.prepared)
             if not isinstance(got, Verdict):
                 child = self._allowed_memory
                 if child is None:
@@ -183,7 +184,6 @@ class RateLimitFilter:
                 child.inc()
                 ctx.cost = cost
                 ctx.notes["ratelimit_backend"] = MemoryStore.name
-                assert plan is not None
                 headers = ctx.response_headers
                 if plan.policy:
                     headers["RateLimit-Policy"] = plan.policy

@@ -22,6 +22,23 @@ class LimiterStore(Protocol):
     async def release(self, hold: SlotHold) -> None: ...
 
 
+class PreparedTiers:
+    """Tiers with the per-tier constants of `MemoryStore.decide_lean` computed once, for a caller that decides the
+    same tiers over and over (the rate-limit stage, per client): key, T, tau = B*T, cost*T, tau + EPS, shadow and
+    the check itself. Computed by the expressions decide_now evaluates, so the floats are the same."""
+
+    __slots__ = ("rows", "tiers")
+
+    def __init__(self, tiers: Sequence[TierCheck]) -> None:
+        self.tiers = tiers
+        rows: list[tuple[str, float, float, float, float, bool, TierCheck]] = []
+        for check in tiers:
+            t = check.interval
+            tau = check.burst * t
+            rows.append((check.key, t, tau, check.cost * t, tau + EPS, check.shadow, check))
+        self.rows = tuple(rows)
+
+
 class MemoryStore:
     """GCRA state and concurrency slots in dicts. Same semantics as the Redis script, one process only.
 
@@ -49,11 +66,11 @@ class MemoryStore:
             self.sweep(now)
         return self._decide_at(tiers, slots, slot_ttl, now)
 
-    def decide_lean(self, tiers: Sequence[TierCheck]) -> Verdict | TierResult | None:
-        """What `decide_now(tiers, [], 0)` decides and writes, without building its Verdict when every tier (shadow ones
-        included) admits, the embedded gateway's common case. Then the answer is the tightest enforced tier's result
-        (the one the RateLimit header reports; None when every tier is shadow); otherwise it is decide_now's Verdict,
-        decided at the same instant."""
+    def decide_lean(self, prepared: PreparedTiers) -> Verdict | TierResult | None:
+        """What `decide_now(prepared.tiers, [], 0)` decides and writes, without building its Verdict when every tier
+        (shadow ones included) admits, the embedded gateway's common case. Then the answer is the tightest enforced
+        tier's result (the one the RateLimit header reports; None when every tier is shadow); otherwise it is
+        decide_now's Verdict, decided at the same instant."""
         now = self._clock()
         self._ops += 1
         if self._ops % self._sweep_every == 0:
@@ -63,25 +80,24 @@ class MemoryStore:
         best: TierCheck | None = None
         best_remaining = 0
         best_reset = 0.0
-        # the same expressions as _decide_at (so the same floats), keeping only what the tightest tier needs
-        for check in tiers:
-            t = check.interval
-            tau = check.burst * t
-            tat = tats.get(check.key)
+        # _decide_at's arithmetic on the prepared constants (the same expressions, so the same floats), keeping
+        # only what the tightest tier needs
+        for key, t, tau, cost_t, limit, shadow, check in prepared.rows:
+            tat = tats.get(key)
             base = now if tat is None or tat < now else tat
-            new = base + check.cost * t
+            new = base + cost_t
             diff = new - now
-            if diff > tau + EPS:
-                return self._decide_at(tiers, (), 0.0, now)
+            if diff > limit:
+                return self._decide_at(prepared.tiers, (), 0.0, now)
             news.append(new)
-            if check.shadow:
+            if shadow:
                 continue
             remaining = floor((tau - diff + EPS) / t)
-            # headers._tightest's order: fewest remaining, then the longest reset, then the first
+            # headers.tightest's order: fewest remaining, then the longest reset, then the first
             if best is None or remaining < best_remaining or (remaining == best_remaining and diff > best_reset):
                 best, best_remaining, best_reset = check, remaining, diff
-        for check, new_tat in zip(tiers, news, strict=True):
-            tats[check.key] = new_tat
+        for row, new_tat in zip(prepared.rows, news, strict=True):
+            tats[row[0]] = new_tat
         if best is None:
             return None
         return TierResult(best.name, True, best_remaining, 0.0, best_reset, best.burst, best.interval, best.shadow)

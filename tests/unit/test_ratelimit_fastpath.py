@@ -27,7 +27,7 @@ from gateway.ratelimit.gcra import SlotCheck, TierCheck, Verdict
 from gateway.ratelimit.headers import add_limit_headers, policy_header, policy_value, ratelimit_value, tightest
 from gateway.ratelimit.metrics import RateLimitMetrics
 from gateway.ratelimit.service import RateLimiter
-from gateway.ratelimit.store import MemoryStore
+from gateway.ratelimit.store import MemoryStore, PreparedTiers
 
 pytestmark = pytest.mark.unit
 
@@ -70,7 +70,7 @@ def test_decide_lean_decides_and_writes_what_decide_now_does(
     for dt in steps:
         clock.now += dt
         want = general.decide_now(tiers, [], 0.0)
-        got = lean.decide_lean(tiers)
+        got = lean.decide_lean(PreparedTiers(tiers))
         if isinstance(got, Verdict):
             assert got == want
         else:
