@@ -49,6 +49,8 @@ ON CONFLICT (writer_id) DO UPDATE SET last_seq = EXCLUDED.last_seq, last_hash = 
     updated_at = EXCLUDED.updated_at
 WHERE h.last_seq < EXCLUDED.last_seq
 """
+# both statements in one simple-query round trip (in order, inside the batch's transaction; the first error stops it)
+MOVE_SQL = f"{INSERT_SQL};\n{HEADS_SQL}"
 
 
 def _ts(value: str) -> datetime:
@@ -180,8 +182,7 @@ class PostgresSink:
             await self._ensure_partitions(conn, min(missing), max(missing))
         async with conn.transaction():
             await conn.copy_records_to_table("audit_stage", records=rows, columns=list(FIELDS))
-            await conn.execute(INSERT_SQL)
-            await conn.execute(HEADS_SQL)
+            await conn.execute(MOVE_SQL)
 
     async def maintain(self) -> int:
         """Create partitions ahead and drop those older than the retention policy."""
