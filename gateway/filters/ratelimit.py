@@ -99,9 +99,7 @@ class RateLimitFilter:
             key = (cost, tenant, p.role, p.tenant, p.subject, p.key_id, ctx.client_ip if p.is_anonymous else None)
         share = None
         if self._c.fair is not None:
-            fair = self._limiter.fair
-            fair.record(tenant, cost)
-            share = fair.share(tenant)
+            share = self._limiter.fair.charge(tenant, cost)
         plan = self._plans.get(key)
         if plan is None or plan.share != share:
             plan = TierPlan(self._tiers(ctx, tenant, cost, share), share)

@@ -99,6 +99,14 @@ class FairShares:
     def record(self, tenant: str, cost: float) -> None:
         self._counts[tenant] += cost
 
+    def charge(self, tenant: str, cost: float) -> float | None:
+        """`record(tenant, cost)` then `share(tenant)`, in one call: the rate-limit stage does both per request."""
+        self._counts[tenant] += cost
+        got = self._shares.get(tenant)
+        if got is not None and self._current is not None:
+            return got
+        return self.share(tenant)
+
     def share(self, tenant: str) -> float | None:
         """The tenant's rate now; None when no fair share applies (fairness off or no global rate)."""
         params = self._current

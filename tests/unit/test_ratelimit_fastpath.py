@@ -27,6 +27,7 @@ from gateway.ratelimit.gcra import SlotCheck, TierCheck, Verdict
 from gateway.ratelimit.headers import add_limit_headers, policy_header, policy_value, ratelimit_value, tightest
 from gateway.ratelimit.metrics import RateLimitMetrics
 from gateway.ratelimit.service import RateLimiter
+from gateway.ratelimit.shares import FairParams, FairShares
 from gateway.ratelimit.store import MemoryStore, PreparedTiers
 
 pytestmark = pytest.mark.unit
@@ -219,3 +220,27 @@ def test_filter_fast_path_answers_like_the_general_path(limits: dict[str, Any], 
     counted = {(labels["tier"], labels["mode"]) for name, labels, v in samples if "refusals" in name and v}
     assert expected <= counted
     assert any(labels["result"] == "allowed" and v for name, labels, v in samples if "decisions" in name)
+
+
+def test_fair_charge_is_record_then_share() -> None:
+    params = FairParams(capacity=100.0, interval=1.0, active_window=5.0, headroom=0.2, weights={"acme": 2.0})
+    current: list[FairParams | None] = [None]
+    pair = [FairShares(lambda: current[0], RateLimitMetrics(CollectorRegistry())) for _ in range(2)]
+    charged, recorded = pair
+
+    def both(tenant: str, cost: int) -> None:
+        recorded.record(tenant, cost)
+        assert charged.charge(tenant, cost) == recorded.share(tenant)
+        assert charged._counts == recorded._counts
+
+    both("acme", 1)  # no fairness yet
+    current[0] = params
+    for fs in pair:
+        fs.recompute({}, None, 0.0)  # fairness turned off by a reload, then on again
+    both("acme", 2)
+    both("beta", 1)  # newcomers
+    for fs in pair:
+        fs.recompute({"acme": 50.0, "beta": 80.0}, params, 10.0)
+    both("acme", 1)
+    both("beta", 3)
+    both("gamma", 1)
