@@ -28,7 +28,8 @@ from gateway.ratelimit.shares import ANONYMOUS_TENANT
 from gateway.ratelimit.store import MemoryStore, PreparedTiers
 
 CALL_METHOD = "tools/call"
-_MAX_CACHED_PLANS = 8192
+# about 1.5 kB a plan (four tiers): a few MB at most per snapshot
+_MAX_CACHED_PLANS = 4096
 
 
 def request_cost(ctx: RequestContext, c: CompiledLimits) -> tuple[int, bool]:
