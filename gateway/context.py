@@ -61,6 +61,8 @@ class RequestContext:
     upstream_url: str | None = None
     # the session's SessionBinding once looked up (routing caches it: one store round trip per request)
     session_binding: Any = None
+    # a session lookup started early (SessionStore.prefetch) so it shares a Redis round trip; finished by routing
+    session_prefetch: Any = None
     started: float = field(default_factory=time.perf_counter)
     started_wall: float = field(default_factory=time.time)
     # headers filters want on the final answer (rate-limit headers, ...)

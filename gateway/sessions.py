@@ -8,10 +8,11 @@ gateway replica can serve any session.
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 import structlog
@@ -53,7 +54,14 @@ class SessionBinding:
 
 
 class SessionStore(Protocol):
-    async def get(self, server: str, session_id: str) -> SessionBinding | None: ...
+    async def get(
+        self, server: str, session_id: str, pending: Awaitable[Any] | None = None
+    ) -> SessionBinding | None: ...
+
+    def prefetch(self, server: str, session_id: str) -> Awaitable[Any] | None:
+        """Start the lookup now, to be finished by `get(..., pending=<this>)`; None when that would not save a round
+        trip. A started lookup that is never finished must be harmless (the request may be refused first)."""
+        ...
 
     async def put(self, server: str, session_id: str, binding: SessionBinding) -> None: ...
 
@@ -70,7 +78,7 @@ class MemorySessionStore:
         self._max = max_entries
         self._data: dict[tuple[str, str], tuple[SessionBinding, float]] = {}
 
-    async def get(self, server: str, session_id: str) -> SessionBinding | None:
+    async def get(self, server: str, session_id: str, pending: Awaitable[Any] | None = None) -> SessionBinding | None:
         key = (server, session_id)
         item = self._data.get(key)
         if item is None:
@@ -82,6 +90,9 @@ class MemorySessionStore:
             return None
         self._data[key] = (binding, now + self._ttl)
         return binding
+
+    def prefetch(self, server: str, session_id: str) -> Awaitable[Any] | None:
+        return None  # a dict lookup: nothing to overlap
 
     async def put(self, server: str, session_id: str, binding: SessionBinding) -> None:
         if len(self._data) >= self._max:
@@ -133,10 +144,31 @@ class RedisSessionStore:
             self._on_error(op)
         log.warning("session store: redis unavailable, using local bindings", op=op, error=type(exc).__name__)
 
-    async def get(self, server: str, session_id: str) -> SessionBinding | None:
+    def prefetch(self, server: str, session_id: str) -> Awaitable[Any] | None:
+        """Send the GETEX now on the hot-path connection, so it leaves in the same write as the limiter's script and
+        both replies come back in one read (one round trip per request instead of two). The only difference from a
+        later `get`: a request refused after this point (by the limiter or the breaker) has still refreshed its
+        session's idle TTL, as any request of a live client would have."""
+        hot = self._hot
+        if hot is None or not hot.connected:
+            return None
+        try:
+            fut = hot.execute("GETEX", self._key(server, session_id), "PX", self._ttl_ms)
+        except Exception:  # in-flight bound reached: `get` decides what that means
+            return None
+        if not isinstance(fut, asyncio.Future):
+            if isinstance(fut, Coroutine):
+                fut.close()  # not connected after all: execute handed back a coroutine; never start it
+            return None
+        fut.add_done_callback(_retrieve)
+        return fut
+
+    async def get(self, server: str, session_id: str, pending: Awaitable[Any] | None = None) -> SessionBinding | None:
         key = self._key(server, session_id)
         try:
-            if self._hot is not None:
+            if pending is not None:
+                raw = await pending
+            elif self._hot is not None:
                 raw = await self._hot.execute("GETEX", key, "PX", self._ttl_ms)
             else:
                 raw = await self._redis.getex(key, px=self._ttl_ms)
@@ -166,6 +198,13 @@ class RedisSessionStore:
     async def count(self) -> int:
         """Bindings this replica created and still holds (a Redis-wide count would need a full key scan)."""
         return await self._local.count()
+
+
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    # a prefetch whose request was refused before it was awaited: take its exception, if any, so asyncio does not
+    # log "Future exception was never retrieved" for a Redis failure the request never needed to know about
+    if not fut.cancelled():
+        fut.exception()
 
 
 SESSIONS: web.AppKey[SessionStore] = web.AppKey("sessions", SessionStore)

@@ -26,6 +26,7 @@ from gateway.ratelimit.install import LIMITER
 from gateway.ratelimit.service import RateLimiter
 from gateway.ratelimit.shares import ANONYMOUS_TENANT
 from gateway.ratelimit.store import MemoryStore, PreparedTiers
+from gateway.sessions import SESSIONS, SessionStore
 
 CALL_METHOD = "tools/call"
 # about 1.5 kB a plan (four tiers): a few MB at most per snapshot
@@ -82,15 +83,32 @@ _NO_SLOTS: tuple[SlotCheck, ...] = ()
 class RateLimitFilter:
     stage = "ratelimit"
 
-    def __init__(self, compiled: CompiledLimits, limiter: RateLimiter) -> None:
+    def __init__(self, compiled: CompiledLimits, limiter: RateLimiter, sessions: SessionStore | None = None) -> None:
         self._c = compiled
         self._limiter = limiter
+        self._sessions = sessions
         self._caps = bool(compiled.tenant_caps or compiled.key_caps)
         # plans by (cost, tenant, what the user and key tiers depend on); bounded: cleared when full
         self._plans: dict[tuple[object, ...], TierPlan] = {}
         # the labelled decisions counter of the in-process fast path, looked up on its first use (creating it
         # earlier would export a zero series that the unoptimised path would not)
         self._allowed_memory: Any = None
+
+    def _prefetch_session(self, ctx: RequestContext) -> None:
+        """Start the request's session lookup before the limiter's script is sent: both commands leave in the same
+        write on the Redis hot-path connection and come back in one read, instead of two round trips one after the
+        other (the routing stage finishes the lookup). Streamable HTTP only: other transports bind their session
+        once per stream or socket, not per message."""
+        sessions = self._sessions
+        if (
+            sessions is None
+            or ctx.transport != "streamable-http"
+            or ctx.session_binding is not None
+            or ctx.session_prefetch is not None
+            or ctx.session_id is None
+        ):
+            return
+        ctx.session_prefetch = sessions.prefetch(ctx.server_name, ctx.session_id)
 
     def _plan(self, ctx: RequestContext, p: Principal | None, tenant: str, cost: int) -> TierPlan:
         key: tuple[object, ...]
@@ -191,6 +209,8 @@ class RateLimitFilter:
                 return
             verdict = got
         else:
+            if ctx.session_id is not None and backend.redis is not None and not backend.degraded:
+                self._prefetch_session(ctx)
             verdict = await backend.decide(tiers, slots, c.slot_ttl, c.fail_mode, c.fallback_share)
         metrics = limiter.metrics
         metrics.decided(verdict.allowed, verdict.backend)
@@ -255,4 +275,4 @@ def build(snapshot: Snapshot, app: web.Application) -> RateLimitFilter | PassThr
     limiter = app.get(LIMITER)
     if limiter is None:
         return PassThrough()
-    return RateLimitFilter(limiter.compiled(snapshot), limiter)
+    return RateLimitFilter(limiter.compiled(snapshot), limiter, app.get(SESSIONS))

@@ -31,7 +31,8 @@ async def bound_session(ctx: RequestContext, sessions: SessionStore) -> SessionB
         # an earlier stage (the breaker's) already looked it up: one store round trip per request
         ctx.upstream_url = cached.upstream
         return cached
-    binding = await sessions.get(ctx.server_name, ctx.session_id)
+    pending, ctx.session_prefetch = ctx.session_prefetch, None
+    binding = await sessions.get(ctx.server_name, ctx.session_id, pending)
     principal = ctx.principal.binding_id if ctx.principal is not None else None
     if binding is None or binding.principal != principal:
         raise SessionNotFound("unknown or expired session; initialize a new one", reason="session_not_found")

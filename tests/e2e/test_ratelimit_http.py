@@ -269,6 +269,47 @@ async def test_blocked_ip_is_refused_without_a_redis_call(tmp_path: Path, privat
     await admin.aclose()
 
 
+async def test_limits_and_session_lookup_share_one_redis_round_trip(
+    tmp_path: Path, private_redis: RedisInstance
+) -> None:
+    """The limiter's script and the session's GETEX leave in one write and come back in one read (issue 9): Redis
+    reads about one command batch per request, not two."""
+    up = start_upstream(tmp_path, json_response=True)
+    pol = default_policies(up.url)
+    pol["limits.yaml"] = limits(**{"global": {"rate": 100_000, "per": "second"}}, ddos={"enabled": False})
+    cfg = {"redis": {"url": private_redis.url}}
+    gw = start_gateway(tmp_path / "gw", pol, keys={"k1": {"tenant": "acme", "scopes": ["read", "write"]}}, config=cfg)
+    admin = aioredis.Redis.from_url(private_redis.url)
+    calls = 60
+    try:
+        with running(gw, up):
+            async with aiohttp.ClientSession() as http:
+                sess = await open_session(http, gw.url(), gw.auth("k1"))
+                assert (await post(http, gw.url(), call(0, a=1, b=1), sess))[0] == 200  # hot connection up
+
+                async def counts() -> tuple[int, int, int]:
+                    stats = await admin.info("commandstats")
+                    reads = (await admin.info("stats"))["total_reads_processed"]
+                    return (
+                        stats.get("cmdstat_evalsha", {}).get("calls", 0),
+                        stats.get("cmdstat_getex", {}).get("calls", 0),
+                        int(reads),
+                    )
+
+                evalsha0, getex0, reads0 = await counts()
+                for i in range(calls):  # one at a time: nothing to coalesce across requests
+                    status, _, body = await post(http, gw.url(), call(i + 1, a=i, b=1), sess)
+                    assert status == 200 and "result" in body
+                evalsha1, getex1, reads1 = await counts()
+        # every request was decided in Redis and its session looked up there
+        assert evalsha1 - evalsha0 == calls and getex1 - getex0 == calls
+        # two round trips per request would be >= 2 reads each; a few background syncs and the two INFO calls
+        # above add a handful
+        assert reads1 - reads0 < calls * 1.5, (reads0, reads1)
+    finally:
+        await admin.aclose()
+
+
 async def test_concurrent_tool_calls_are_capped_per_key(tmp_path: Path, redis_url: str) -> None:
     up = start_upstream(tmp_path, json_response=True)
     pol = default_policies(up.url)

@@ -4,11 +4,13 @@ unique key prefixes, and private ones for SCRIPT FLUSH, kill/restart, pauses, AU
 from __future__ import annotations
 
 import asyncio
+import gc
 import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
@@ -400,5 +402,45 @@ async def test_session_store_over_the_mux_survives_redis_going_away(private_redi
 
         await until(served_by_redis, "GETEX over the mux again")
     finally:
+        await mux.aclose()
+        await client.aclose()
+
+
+async def test_session_prefetch_is_finished_by_get_or_harmless_when_abandoned(private_redis: RedisInstance) -> None:
+    """The lookup routing finishes (`get(..., pending)`) answers like a plain `get`; one a refused request abandons
+    leaves no 'exception never retrieved' behind, even when Redis dies under it."""
+    mux = mux_for(private_redis.url, timeout=5.0)
+    client = aioredis.Redis.from_url(private_redis.url)
+    loop = asyncio.get_running_loop()
+    reported: list[dict[str, Any]] = []
+    loop.set_exception_handler(lambda _loop, context: reported.append(context))
+    try:
+        sessions = RedisSessionStore(client, "mgwtest-prefetch:", hot=mux)
+        assert sessions.prefetch("srv", "s1") is None  # not connected yet: nothing to overlap, plain get instead
+        await sessions.put("srv", "s1", B)
+        assert await mux.execute("PING") == b"PONG"
+        pending = sessions.prefetch("srv", "s1")
+        assert pending is not None
+        assert await sessions.get("srv", "s1", pending) == B
+        gone = sessions.prefetch("srv", "nope")
+        assert gone is not None and await sessions.get("srv", "nope", gone) is None
+        assert MemorySessionStore().prefetch("srv", "s1") is None
+
+        abandoned = sessions.prefetch("srv", "s1")  # never awaited, as after a 429
+        assert abandoned is not None
+        private_redis.stop()
+        box: list[Any] = [abandoned]
+        del abandoned
+
+        async def failed() -> bool:
+            return bool(box[0].done())
+
+        await until(failed, "the abandoned lookup failed with the connection")
+        box.clear()  # the last reference: collected here, where an unretrieved exception would be reported
+        gc.collect()
+        await asyncio.sleep(0)
+        assert not [c for c in reported if "never retrieved" in str(c.get("message"))], reported
+    finally:
+        loop.set_exception_handler(None)
         await mux.aclose()
         await client.aclose()
