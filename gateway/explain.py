@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,30 +141,15 @@ def principal_from_key_id(snapshot: Any, key_id: str, client_ip: str = "127.0.0.
     """The principal keys.yaml gives this key id, with authn's own checks (revoked, expired, allowed networks)
     and the key's own tool rules. Keys stored only in PostgreSQL are not looked up (explain uses no database)."""
     from gateway.auth.keyrecord import from_policy
-    from gateway.auth.principal import Principal
-    from gateway.errors import Forbidden
+    from gateway.errors import GatewayError
 
     key = snapshot.keys.get(key_id)
     if key is None:
         return None, _authn_refusal("unknown_key", f"no key with id {key_id!r} in keys.yaml")
-    rec = from_policy(key)
-    if rec.revoked:
-        return None, _authn_refusal("key_revoked", "API key revoked")
-    if rec.expires_at is not None and rec.expires_at <= time.time():
-        return None, _authn_refusal("key_expired", "API key expired")
-    if not rec.ip_allowed(client_ip):
-        err = Forbidden("API key not allowed from this address", reason="key_ip_not_allowed")
+    try:
+        principal = from_policy(key).admit(client_ip)  # authn's own checks, from the same code
+    except GatewayError as err:
         return None, StageResult("authn", "refused", err.reason, err.status, err.code, err.message)
-    principal = Principal(
-        tenant=rec.tenant,
-        subject=f"key:{rec.id}",
-        role=rec.role,
-        scopes=rec.scopes,
-        key_id=rec.id,
-        method="api_key",
-        tools=rec.tools,
-        expires_at=rec.expires_at,
-    )
     return principal, StageResult("authn", "allowed", detail=f"key id {key_id} from keys.yaml (secret not checked)")
 
 

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import ipaddress
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 
+from gateway.auth.principal import Principal
 from gateway.auth.tools import ToolMatcher
+from gateway.errors import Forbidden, Unauthenticated
 from gateway.policy.keys import ApiKeyPolicy
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -51,6 +54,27 @@ class KeyRecord:
         if ip is None:
             return False
         return any(ip.version == net.version and ip in net for net in self.networks)
+
+    def admit(self, client_ip: str) -> Principal:
+        """The principal of a key whose secret has been verified, after the checks on the key itself (revoked,
+        expired, allowed networks); raises the refusal otherwise. Shared by authn and `mcp-gateway explain`."""
+        if self.revoked:
+            raise Unauthenticated("API key revoked", reason="key_revoked")
+        if self.expires_at is not None and self.expires_at <= time.time():
+            raise Unauthenticated("API key expired", reason="key_expired")
+        if not self.ip_allowed(client_ip):
+            # the key is genuine but not usable from here: a refusal of who, not a failure to prove it
+            raise Forbidden("API key not allowed from this address", reason="key_ip_not_allowed")
+        return Principal(
+            tenant=self.tenant,
+            subject=f"key:{self.id}",
+            role=self.role,
+            scopes=self.scopes,
+            key_id=self.id,
+            method="api_key",
+            tools=self.tools,
+            expires_at=self.expires_at,
+        )
 
 
 def tool_matcher(allow: Sequence[str], deny: Sequence[str], shadow: bool) -> ToolMatcher | None:

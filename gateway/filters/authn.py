@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
-import time
 from dataclasses import dataclass
 
 import structlog
@@ -28,7 +27,7 @@ from gateway.auth.principal import Principal, anonymous_principal
 from gateway.auth.state import AUTH, AuthState, metadata_url, route_url
 from gateway.auth.tokens import JwtVerifier
 from gateway.context import RequestContext
-from gateway.errors import Forbidden, GatewayError, Unauthenticated
+from gateway.errors import GatewayError, Unauthenticated
 from gateway.policy.loader import PolicyError, PolicyProblem
 from gateway.policy.servers import ServerPolicy
 from gateway.policy.snapshot import Snapshot
@@ -209,24 +208,9 @@ class Authn:
             rec = await self._store.lookup(parsed.key_id, digest)
         if rec is None or not hmac.compare_digest(rec.hash, digest):
             raise Unauthenticated("unknown API key", reason="unknown_key")
-        if rec.revoked:
-            raise Unauthenticated("API key revoked", reason="key_revoked")
-        if rec.expires_at is not None and rec.expires_at <= time.time():
-            raise Unauthenticated("API key expired", reason="key_expired")
-        if not rec.ip_allowed(client_ip):
-            # the key is genuine but not usable from here: a refusal of who, not a failure to prove it
-            raise Forbidden("API key not allowed from this address", reason="key_ip_not_allowed")
+        principal = rec.admit(client_ip)
         self._usage.hit(rec.id)
-        return Principal(
-            tenant=rec.tenant,
-            subject=f"key:{rec.id}",
-            role=rec.role,
-            scopes=rec.scopes,
-            key_id=rec.id,
-            method="api_key",
-            tools=rec.tools,
-            expires_at=rec.expires_at,
-        )
+        return principal
 
     def _count(self, method: str, result: str) -> None:
         if self._metrics is not None:
