@@ -8,7 +8,6 @@ DSN it works in a database of its own (`mgw_bench_<random>`, migrated, dropped a
 from __future__ import annotations
 
 import asyncio
-import secrets
 import tempfile
 import time
 from dataclasses import dataclass
@@ -107,27 +106,11 @@ async def _drive(
 
 async def measure_postgres(server_dsn: str, records: int, *, batch_size: int = 500) -> ThroughputResult:
     """In a fresh database of its own on the server behind `server_dsn` (needs CREATEDB)."""
-    import asyncpg
-
     from gateway.audit.postgres import PostgresSink
-    from gateway.db.migrate import migrate
+    from gateway.db.scratch import scratch_database
 
-    name = f"mgw_bench_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(server_dsn, timeout=10)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = f"{server_dsn.rpartition('/')[0]}/{name}"
-    try:
-        await migrate(dsn)
+    async with scratch_database(server_dsn, prefix="mgw_bench_") as dsn:
         return await measure(PostgresSink(dsn), records, batch_size=batch_size)
-    finally:
-        admin = await asyncpg.connect(server_dsn, timeout=10)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 async def measure_file(records: int, *, batch_size: int = 500) -> ThroughputResult:

@@ -9,7 +9,6 @@ import asyncio
 import re
 import subprocess
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamablehttp_client
 
 from gateway.db.migrate import migrate
+from gateway.db.scratch import scratch_database
 from tests.e2e.test_identity_helpers import assert_refused, open_session, post, rpc, start_recorder
 from tests.harness import PYTHON, ROOT, Gateway, PostgresInstance, Upstream, running, start_gateway
 
@@ -65,34 +65,10 @@ def created_key(stdout: str) -> str:
     return m.group(1)
 
 
-async def _own_database(server_dsn: str) -> str:
-    name = f"mgw_identity_{uuid.uuid4().hex[:10]}"
-    conn = await asyncpg.connect(server_dsn, timeout=10)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    dsn = server_dsn.rsplit("/", 1)[0] + f"/{name}"
-    await migrate(dsn)
-    return dsn
-
-
-async def _drop_database(server_dsn: str, dsn: str) -> None:
-    name = dsn.rsplit("/", 1)[1]
-    conn = await asyncpg.connect(server_dsn, timeout=10)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
 async def own_db(postgres_dsn: str) -> AsyncIterator[str]:
-    dsn = await _own_database(postgres_dsn)
-    try:
+    async with scratch_database(postgres_dsn, prefix="mgw_identity_") as dsn:
         yield dsn
-    finally:
-        await _drop_database(postgres_dsn, dsn)
 
 
 @pytest.fixture

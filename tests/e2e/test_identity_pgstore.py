@@ -5,18 +5,16 @@ show after the TTL (at once after `invalidate`), and usage batches add up."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
-import asyncpg
 import pytest
 
 from gateway.auth.apikeys import generate_key, hash_key
 from gateway.auth.keyrecord import KeyRecord
 from gateway.auth.pgkeys import KeyRepository, NewKey, PostgresKeyStore
-from gateway.db.migrate import migrate
+from gateway.db.scratch import scratch_database
 
 pytestmark = pytest.mark.integration
 
@@ -25,22 +23,8 @@ SECRET = b"pgstore-test-secret"
 
 @pytest.fixture
 async def db(postgres_dsn: str) -> AsyncIterator[str]:
-    name = f"mgw_identity_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(postgres_dsn, timeout=10)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = postgres_dsn.rsplit("/", 1)[0] + f"/{name}"
-    await migrate(dsn)
-    try:
+    async with scratch_database(postgres_dsn, prefix="mgw_identity_") as dsn:
         yield dsn
-    finally:
-        admin = await asyncpg.connect(postgres_dsn, timeout=10)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
 
 
 class CountingStore(PostgresKeyStore):

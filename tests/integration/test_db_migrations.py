@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import secrets
 import subprocess
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,36 +14,15 @@ import pytest
 from gateway.audit.hashchain import HashChain
 from gateway.audit.postgres import PostgresSink
 from gateway.db.migrate import discover, migrate
+from gateway.db.scratch import scratch_database
 from tests.harness import PYTHON, ROOT
 
 pytestmark = pytest.mark.integration
 
 
-def with_db(dsn: str, dbname: str) -> str:
-    base, _, _ = dsn.rpartition("/")
-    return f"{base}/{dbname}"
-
-
-@contextlib.asynccontextmanager
-async def temp_database(server_dsn: str, *, migrated: bool = True) -> AsyncIterator[str]:
+def temp_database(server_dsn: str, *, migrated: bool = True) -> contextlib.AbstractAsyncContextManager[str]:
     """A database of the test's own (`mgw_test_<random>`), migrated, dropped afterwards."""
-    name = f"mgw_test_{secrets.token_hex(6)}"
-    admin = await asyncpg.connect(server_dsn, timeout=10)
-    try:
-        await admin.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await admin.close()
-    dsn = with_db(server_dsn, name)
-    try:
-        if migrated:
-            await migrate(dsn)
-        yield dsn
-    finally:
-        admin = await asyncpg.connect(server_dsn, timeout=10)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+    return scratch_database(server_dsn, prefix="mgw_test_", migrated=migrated)
 
 
 def record(tenant: str, ts: datetime, chain: HashChain, **extra: object) -> dict[str, object]:
