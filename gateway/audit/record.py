@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.audit.sanitize import SanitizeLimits, clean_text, redact_text, sanitize
 from gateway.auth.scopes import required_scope
+from gateway.memo import Memo
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -72,19 +73,18 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # "YYYY-MM-DDTHH:MM:SS" by second: strftime is the costly part. A record's two times (ts, started_at) usually
 # share a second but not always, and a one-entry cache thrashed between them; bounded like the memos below.
-_ts_secs: dict[int, str] = {}
+def _second_head(sec: int) -> str:
+    return (EPOCH + timedelta(seconds=sec)).strftime("%Y-%m-%dT%H:%M:%S")
+
+
+# a record's two timestamps fall in the same few seconds as the records around it
+_ts_secs: Memo[int, str] = Memo(_second_head, 64)
 
 
 def format_ts(us: int) -> str:
     """Microseconds since the epoch -> `2026-11-25T23:59:59.123456Z` (the canonical form the hash covers)."""
     sec, frac = divmod(us, 1_000_000)
-    head = _ts_secs.get(sec)
-    if head is None:
-        head = (EPOCH + timedelta(seconds=sec)).strftime("%Y-%m-%dT%H:%M:%S")
-        if len(_ts_secs) >= 64:
-            _ts_secs.clear()
-        _ts_secs[sec] = head
-    return f"{head}.{frac:06d}Z"
+    return f"{_ts_secs(sec)}.{frac:06d}Z"
 
 
 def parse_ts(text: str) -> datetime:
@@ -271,28 +271,13 @@ def new_record_id() -> str:
 # Deterministic per-value results worth remembering: a few sessions and upstream URLs recur in every batch.
 # Bounded: emptied when full, so hostile values can only cost a recomputation, never memory.
 _MEMO_MAX = 4096
-_session_hashes: dict[str, str] = {}
-_upstreams: dict[str, str] = {}
 
 
-def hash_session(session_id: str) -> str:
-    h = _session_hashes.get(session_id)
-    if h is None:
-        h = hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
-        if len(_session_hashes) >= _MEMO_MAX:
-            _session_hashes.clear()
-        _session_hashes[session_id] = h
-    return h
+def _hash_session(session_id: str) -> str:
+    return hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def _clean_upstream(url: str) -> str:
-    clean = _upstreams.get(url)
-    if clean is None:
-        clean = _strip_upstream(url)
-        if len(_upstreams) >= _MEMO_MAX:
-            _upstreams.clear()
-        _upstreams[url] = clean
-    return clean
+hash_session: Memo[str, str] = Memo(_hash_session, _MEMO_MAX)
 
 
 def _strip_upstream(url: str) -> str:
@@ -305,6 +290,9 @@ def _strip_upstream(url: str) -> str:
     return clean_text(f"{scheme}://{host}{slash}{path.split('?', 1)[0].split('#', 1)[0]}", 512)
 
 
+_clean_upstream: Memo[str, str] = Memo(_strip_upstream, _MEMO_MAX)
+
+
 def _opt(text: str | None, max_len: int = 256) -> str | None:
     return None if text is None else clean_text(text, max_len)
 
@@ -313,8 +301,6 @@ _Who = tuple[str | None, str | None, str | None, str | None, str, str, str, str]
 _What = tuple[str | None, str | None, str | None, str | None]
 # The cleaned identity and operation fields of a record, by their raw values: one client calling one tool repeats
 # the same values in record after record, and one lookup replaces a dozen cleanups. Bounded like the memos above.
-_whos: dict[_Who, _Who] = {}
-_whats: dict[_What, _What] = {}
 
 
 def _clean_who(who: _Who) -> _Who:
@@ -336,6 +322,10 @@ def _clean_what(what: _What) -> _What:
     return (_opt(rpc_method, 128), _opt(tool, 256), _opt(stage, 64), _opt(reason, 128))
 
 
+_whos: Memo[_Who, _Who] = Memo(_clean_who, _MEMO_MAX)
+_whats: Memo[_What, _What] = Memo(_clean_what, _MEMO_MAX)
+
+
 def build_record(ev: AuditEvent, ts_us: int, risk: RiskRules, limits: SanitizeLimits) -> dict[str, Any]:
     """The full record (without the chain fields, which the writer's HashChain adds)."""
     decision = decision_of(ev)
@@ -350,19 +340,8 @@ def build_record(ev: AuditEvent, ts_us: int, risk: RiskRules, limits: SanitizeLi
         ev.transport,
         ev.http_method,
     )
-    who = _whos.get(who_raw)
-    if who is None:
-        who = _clean_who(who_raw)
-        if len(_whos) >= _MEMO_MAX:
-            _whos.clear()
-        _whos[who_raw] = who
-    what_raw = (ev.rpc_method, ev.tool, ev.refused_stage, ev.refused_reason)
-    what = _whats.get(what_raw)
-    if what is None:
-        what = _clean_what(what_raw)
-        if len(_whats) >= _MEMO_MAX:
-            _whats.clear()
-        _whats[what_raw] = what
+    who = _whos(who_raw)
+    what = _whats((ev.rpc_method, ev.tool, ev.refused_stage, ev.refused_reason))
     tenant, principal, key_id, auth_method, client_ip, server, transport, http_method = who
     rpc_method, tool, stage, reason = what
     return {
