@@ -40,14 +40,17 @@ from tests.perf.diagnostics import (
 from tests.perf.measure import log, measure_idle_streams, measure_json, measure_sse, raise_fd_limit
 from tests.perf.report import (
     Raw,
+    budget_bounds,
     check_issue_targets,
     cost_rows,
     per_round_ratios,
+    render_budget,
     render_costs,
     render_diagnostics,
     render_markdown,
     render_table,
     summarize,
+    summarize_budget,
 )
 from tests.perf.targets import (
     NO_AUDIT,
@@ -75,6 +78,9 @@ COST_TARGETS = {
     # name: label; tests/perf/report.py COSTS says which target each is compared with
     "gw_embedded_nolimit": "(c-nolimit) (c) without rate limits",
     "gw_embedded_noaudit": "(c-noaudit) (c), audit sink log, no records",
+    # compared with (c) as what the lean HTTP server (http.fast_path, default on) saves; a gateway without the
+    # setting refuses to start with it, and the target is then listed as unavailable
+    "gw_embedded_nofast": "(c, aiohttp server) as (c), http.fast_path: false",
     "gw_redis_pg_nolimit": "(d-nolimit) (d) without rate limits",
     "gw_redis_pg_noaudit": "(d-noaudit) (d), audit sink log, no records",
 }
@@ -86,6 +92,7 @@ SCENARIO_TARGETS = {
         "gw_embedded",
         "gw_embedded_nolimit",
         "gw_embedded_noaudit",
+        "gw_embedded_nofast",
         "gw_redis_pg",
         "gw_redis_pg_nolimit",
         "gw_redis_pg_noaudit",
@@ -149,7 +156,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--no-cost-targets",
         action="store_true",
-        help="skip the diagnostic targets without rate limits / with the least audit (limiter and audit cost)",
+        help="skip the diagnostic targets without rate limits / with the least audit / without the lean HTTP server",
     )
     p.add_argument("--audit-records", type=int, default=None, help="records per audit throughput run (50000)")
     p.add_argument("--output", type=Path, default=RESULTS)
@@ -243,6 +250,7 @@ def start_targets(run: Run, args: argparse.Namespace) -> dict[str, Target]:
         variants: list[tuple[str, str, dict[str, Any], bool]] = [
             ("gw_embedded_nolimit", "embedded_nolimit", {}, False),
             ("gw_embedded_noaudit", "embedded_noaudit", {"audit": NO_AUDIT}, True),
+            ("gw_embedded_nofast", "embedded_nofast", {"http": {"fast_path": False}}, True),
         ]
         if "gw_redis_pg" in started:
             for suffix, extra, limits in (("nolimit", {}, False), ("noaudit", {"audit": NO_AUDIT}, True)):
@@ -264,6 +272,8 @@ def start_targets(run: Run, args: argparse.Namespace) -> dict[str, Target]:
                 "limits": "on" if limits else NO_LIMITS,
                 "audit": vcfg.get("audit", "as its base"),
             }
+            if "http" in vcfg:
+                targets[name].notes["config"]["http"] = vcfg["http"]
     if args.gc_tuned_target:
         try:
             gw4 = start_probed_gateway(run.workdir, "gc_tuned", up_port, pool, run.workdir / "gc-target.json", True)
@@ -293,7 +303,10 @@ def start_targets(run: Run, args: argparse.Namespace) -> dict[str, Target]:
 
 
 def run_rounds(targets: dict[str, Target], args: argparse.Namespace, tick_interval: float) -> Raw:
-    """Every scenario, round after round, targets round-robin with a start that moves by one each round."""
+    """Every scenario, round after round, targets round-robin with a start that moves by one each round.
+
+    JSON measurements also take the CPU budget of every process on the machine (measure_json `cpu_budget`)."""
+    upstream_pid = targets["direct"].pid
     raw: Raw = {scen: {n: [] for n in names if n in targets} for scen, names in SCENARIO_TARGETS.items()}
     for rnd in range(args.rounds):
         for scen in ("json_c1", "json_c32", "sse"):
@@ -305,7 +318,9 @@ def run_rounds(targets: dict[str, Target], args: argparse.Namespace, tick_interv
                     res = measure_sse(t, args.sse_events, deadline=30 + args.sse_events * tick_interval * 4)
                     shown = f"{res.get('events')} events"
                 else:
-                    res = measure_json(t, JSON_SCENARIOS[scen], args.duration, args.warmup)
+                    res = measure_json(
+                        t, JSON_SCENARIOS[scen], args.duration, args.warmup, cpu_budget=True, upstream_pid=upstream_pid
+                    )
                     shown = f"{res.get('rps', 0):.0f} req/s errors {res.get('errors', 0)}"
                 raw[scen][name].append(res)
                 shown += f" p50 {res.get('p50_ms', math.nan):.3f} ms p99 {res.get('p99_ms', math.nan):.3f} ms"
@@ -375,12 +390,16 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarize(raw)
         ratios = per_round_ratios(raw)
         checks = check_issue_targets(ratios, summary, memory)
+        cpus = os.cpu_count() or 1
+        budget = summarize_budget(raw)
+        bounds = budget_bounds(budget, summary, cpus)
         labels = {n: t.label for n, t in targets.items()}
         print(render_table(labels, summary, ratios, memory, checks, run.unavailable))
         load_now = [round(x, 2) for x in os.getloadavg()]
         print(f"\nload average at start {load_at_start}, at end {load_now} (nproc {os.cpu_count()})")
         print(f"\nchain stages: {stages}")
         print(f"backend activity: {activity}")
+        print(render_budget(labels, budget, bounds, cpus))
         print(render_costs(labels, ratios, redis_calls, redis_calls_nolimit, audit_rate))
         print(render_diagnostics(labels, redis_calls, gc_stats, profile))
         result = {
@@ -397,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
             "redis_commands_nolimit": redis_calls_nolimit,
             "audit_throughput": audit_rate,
             "costs": cost_rows(ratios),
+            "cpu_budget_us_per_request": budget,
+            "cpu_budget_bounds": bounds,
             "gc": gc_stats,
             "issue_targets": checks,
             "profile": profile,

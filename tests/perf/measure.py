@@ -8,6 +8,7 @@ import resource
 import select
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,16 @@ from typing import Any
 import orjson
 
 from tests.harness import PYTHON, ROOT
-from tests.perf.stats import parse_proc_cpu_ticks, parse_vmrss_kib, rss_per_stream
+from tests.perf.stats import (
+    ProcKey,
+    TickDeltas,
+    cpu_budget_per_request,
+    parse_machine_busy_ticks,
+    parse_proc_cpu_ticks,
+    parse_proc_stat_entry,
+    parse_vmrss_kib,
+    rss_per_stream,
+)
 from tests.perf.targets import Target, process_group
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -62,17 +72,114 @@ def cpu_seconds(pids: list[int]) -> float:
     return ticks / _CLK_TCK
 
 
-def measure_json(t: Target, conns: int, duration: float, warmup: float) -> dict[str, Any]:
+# the shared servers of the Redis + PostgreSQL target, by /proc/<pid>/comm (the executable's name, which a
+# PostgreSQL backend keeps whatever its process title says)
+BACKEND_COMMS = {"redis-server": "redis", "postgres": "postgres", "postmaster": "postgres"}
+SAMPLE_INTERVAL_S = 0.2
+
+
+class BackendSampler:
+    """CPU ticks used by every redis-server and PostgreSQL process, and by the whole machine, while it runs.
+
+    /proc is scanned every `interval` seconds in a background thread, so PostgreSQL backends that start and exit
+    during the measurement are counted (see TickDeltas: a process that exits loses at most one interval). Processes
+    of any other name are remembered and skipped, so a scan reads little more than the /proc directory."""
+
+    def __init__(self, interval: float = SAMPLE_INTERVAL_S) -> None:
+        self.interval = interval
+        self.deltas = {kind: TickDeltas() for kind in sorted(set(BACKEND_COMMS.values()))}
+        self._skip: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="cpu-budget-sampler", daemon=True)
+        self.machine_first = self.machine_last = 0
+
+    def sample(self) -> None:
+        samples: dict[str, dict[ProcKey, int]] = {kind: {} for kind in self.deltas}
+        listed = {int(name) for name in os.listdir("/proc") if name.isdigit()}
+        self._skip &= listed  # a pid gone since the last scan may come back as a new process
+        for pid in sorted(listed - self._skip):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                comm, key, ticks = parse_proc_stat_entry(Path(f"/proc/{pid}/stat").read_text())
+                kind = BACKEND_COMMS.get(comm)
+                if kind is None:
+                    self._skip.add(key[0])
+                    continue
+                samples[kind][key] = ticks
+        for kind, sample in samples.items():
+            self.deltas[kind].observe(sample)
+        busy = parse_machine_busy_ticks(Path("/proc/stat").read_text())
+        self.machine_first = self.machine_first or busy
+        self.machine_last = busy
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> BackendSampler:
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.sample()
+
+    def seconds(self, kind: str) -> float:
+        return self.deltas[kind].total() / _CLK_TCK
+
+    def machine_seconds(self) -> float:
+        return (self.machine_last - self.machine_first) / _CLK_TCK
+
+
+def _children_cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
+
+
+def measure_json(
+    t: Target, conns: int, duration: float, warmup: float, *, cpu_budget: bool = False, upstream_pid: int | None = None
+) -> dict[str, Any]:
     """Throughput and latency, plus the target's own CPU time per request (a figure a busy machine barely moves:
-    it is what the target costs, not how much CPU it managed to get)."""
+    it is what the target costs, not how much CPU it managed to get).
+
+    With `cpu_budget`, also the CPU per request of every process on the machine (`cpu_budget_us_per_request`):
+    the target, the load generator, the upstream (`upstream_pid`; None for the upstream itself), the redis-server
+    and PostgreSQL processes, the machine's total and the rest (`other`: the bench itself, idle targets, the
+    system). The load generator counts from its first request; the machine total leaves out its start and exit."""
     args = ["json", t.json_url, "--conns", str(conns), "--duration", str(duration), "--warmup", str(warmup)]
     # the target's process group: a gateway's supervisor and workers, or the single process
     pids = process_group(t.pid) if t.pid is not None else []
+    upstream = [upstream_pid] if upstream_pid is not None and upstream_pid not in pids else []
+    sampler = BackendSampler() if cpu_budget else None
+    children_before = _children_cpu_s()
+    up_before = cpu_seconds(upstream)
     before = cpu_seconds(pids)
-    res = run_loadgen(args + header_args(t), timeout=duration + warmup + 60)
+    with sampler or contextlib.nullcontext():
+        res = run_loadgen(args + header_args(t), timeout=duration + warmup + 60)
     used = cpu_seconds(pids) - before
+    up_used = cpu_seconds(upstream) - up_before
+    loadgen_process_s = _children_cpu_s() - children_before
     if "error" not in res and res.get("served"):
-        res["cpu_us_per_request"] = used / int(res["served"]) * 1e6
+        served = int(res["served"])
+        res["cpu_us_per_request"] = used / served * 1e6
+        if sampler is not None and res.get("cpu_s") is not None:
+            loadgen_s = float(res["cpu_s"])
+            # the load generator's interpreter start and exit are not per-request work: out of the machine total
+            machine_s = sampler.machine_seconds() - max(0.0, loadgen_process_s - loadgen_s)
+            parts: dict[str, float | None] = {
+                "target": used,
+                "loadgen": loadgen_s,
+                "upstream": up_used if upstream else None,
+                "redis": sampler.seconds("redis"),
+                "postgres": sampler.seconds("postgres"),
+            }
+            res["cpu_budget_us_per_request"] = cpu_budget_per_request(parts, machine_s, served)
+            res["cpu_budget_notes"] = {
+                "loadgen_process_cpu_s": loadgen_process_s,
+                "backend_processes_seen": {k: d.processes() for k, d in sampler.deltas.items()},
+                "samples": sampler.deltas["redis"].samples,
+            }
     return res
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from tests.perf.stats import fmt, median, ratio
+from tests.perf.stats import fmt, median, ratio, throughput_bounds
 
 Raw = dict[str, dict[str, list[dict[str, Any]]]]  # scenario -> target -> one result per round
 
@@ -16,6 +16,8 @@ COSTS = (
     ("limiter", "gw_redis_pg", "gw_redis_pg_nolimit"),
     ("audit", "gw_embedded", "gw_embedded_noaudit"),
     ("audit", "gw_redis_pg", "gw_redis_pg_noaudit"),
+    # the lean httptools server for POST /mcp/{server} (http.fast_path, default on) against aiohttp's for everything
+    ("lean HTTP server", "gw_embedded", "gw_embedded_nofast"),
 )
 
 
@@ -288,6 +290,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"{mem['kib_per_stream']:.1f} KiB per stream, {mem['projected_10k_mib']:.0f} MiB projected for 10,000.",
         ]
     out += _markdown_costs(result, labels)
+    out += markdown_budget(result, labels)
     out += ["", "| issue 9 target | goal | measured | met |", "|---|---|---|---|"]
     for key, c in result["issue_targets"].items():
         verdict = {True: "yes", False: "**no**", None: "not measured"}[c["met"]]
@@ -348,12 +351,15 @@ def render_costs(
     redis_calls_nolimit: dict[str, Any],
     audit_rate: dict[str, Any],
 ) -> str:
-    lines = ["\n== cost of the rate limiter and of audit, 32 connections (x = with / without, paired per round)"]
+    lines = [
+        "\n== cost of the rate limiter, of audit and what the lean HTTP server saves, 32 connections "
+        "(x = with / without, paired per round)"
+    ]
     add = lines.append
     for row in cost_rows(ratios):
         if row["without"] not in labels:
             continue
-        name = f"{row['what']}, {COST_LABELS[row['target']]}/{labels[row['without']].split(' ', 1)[0]}"
+        name = f"{row['what']}, {COST_LABELS[row['target']]}/{short_label(labels[row['without']])}"
         add(
             f"{name:<30} throughput {fmt(row['rps_ratio'])}x  CPU per request {fmt(row['cpu_ratio'])}x "
             f"({fmt(row['cpu_us_delta'], 0)} us/req, {_pct(row['cpu_share'])} of the target's CPU)"
@@ -376,7 +382,7 @@ def _markdown_costs(result: dict[str, Any], labels: dict[str, str]) -> list[str]
             "|---|---|---|---|---|---|",
         ]
         for row in rows:
-            without = labels[row["without"]].split(" ", 1)[0]
+            without = short_label(labels[row["without"]])
             out.append(
                 f"| {row['what']} | {COST_LABELS[row['target']]} / {without} | {fmt(row['rps_ratio'])} "
                 f"| {fmt(row['cpu_ratio'])} | {fmt(row['cpu_us_delta'], 0)} | {_pct(row['cpu_share'])} |"
@@ -390,4 +396,100 @@ def _markdown_costs(result: dict[str, Any], labels: dict[str, str]) -> list[str]
         f"Audit throughput through the real pipeline (one writer, no per-record log line): file sink "
         f"{_audit_rate(audit.get('file', {}))}; PostgreSQL {_audit_rate(audit.get('postgres', {}))}.",
     ]
+    return out
+
+
+def short_label(label: str) -> str:
+    """A target's label up to its first ')': "(c-nolimit) (c) without rate limits" -> "(c-nolimit)"."""
+    head, paren, _ = label.partition(")")
+    return head + paren if paren else label.split(" ", 1)[0]
+
+
+# ------------------------------------------------------------------- CPU budget: every process on the machine
+
+BUDGET_COLUMNS = ("target", "loadgen", "upstream", "redis", "postgres", "other", "machine_total")
+BUDGET_HEADINGS = ("target", "loadgen", "upstream", "redis", "postgres", "other", "total")
+BUDGET_SCENARIOS = {"json_c32": "32 connections", "json_c1": "1 connection"}
+
+
+def summarize_budget(raw: Raw) -> dict[str, dict[str, dict[str, float]]]:
+    """Per JSON scenario and target: median across rounds of each column of `cpu_budget_us_per_request`
+    (NaN for a column never measured, e.g. the upstream of the upstream itself)."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for scen in BUDGET_SCENARIOS:
+        for name, rounds in raw.get(scen, {}).items():
+            budgets = [
+                r["cpu_budget_us_per_request"]
+                for r in rounds
+                if "error" not in r and r.get("cpu_budget_us_per_request")
+            ]
+            if budgets:
+                out.setdefault(scen, {})[name] = {
+                    col: median([float(b[col]) for b in budgets if b.get(col) is not None]) for col in BUDGET_COLUMNS
+                }
+    return out
+
+
+def budget_bounds(
+    budget: dict[str, dict[str, dict[str, float]]], summary: dict[str, dict[str, dict[str, float]]], cpus: int
+) -> dict[str, dict[str, float]]:
+    """Per gateway target at 32 connections: the machine bound (cpus / total CPU per request), the single-thread
+    bound (1 / the target's CPU per request) and the measured throughput, all in req/s."""
+    out: dict[str, dict[str, float]] = {}
+    for name, b in budget.get("json_c32", {}).items():
+        if not name.startswith("gw_"):
+            continue
+        machine, single = throughput_bounds(b.get("machine_total"), b.get("target"), cpus)
+        measured = summary.get("json_c32", {}).get(name, {}).get("rps", math.nan)
+        out[name] = {"machine_bound_rps": machine, "single_thread_bound_rps": single, "measured_rps": measured}
+    return out
+
+
+def render_budget(
+    labels: dict[str, str],
+    budget: dict[str, dict[str, dict[str, float]]],
+    bounds: dict[str, dict[str, float]],
+    cpus: int,
+) -> str:
+    lines: list[str] = []
+    add = lines.append
+    for scen, title in BUDGET_SCENARIOS.items():
+        if scen not in budget:
+            continue
+        add(f"\n== CPU per request by process (us, median), {title}")
+        add(f"{'target':<34}" + "".join(f"{h:>9}" for h in BUDGET_HEADINGS))
+        for name, b in budget[scen].items():
+            cells = "".join(f"{fmt(b.get(col), 0):>9}" for col in BUDGET_COLUMNS)
+            add(f"{(short_label(labels.get(name, name)) + ' ' + name)[:33]:<34}{cells}")
+    if bounds:
+        add("(other = machine total - the named processes: the bench itself, idle targets, the system)")
+    for name, b in bounds.items():
+        add(
+            f"{short_label(labels.get(name, name))} {name}: machine bound: {cpus} cores / total CPU per request = "
+            f"{fmt(b['machine_bound_rps'], 0)} req/s; single-thread bound: 1 / target CPU = "
+            f"{fmt(b['single_thread_bound_rps'], 0)} req/s; measured {fmt(b['measured_rps'], 0)} req/s"
+        )
+    return "\n".join(lines)
+
+
+def markdown_budget(result: dict[str, Any], labels: dict[str, str]) -> list[str]:
+    """The 32-connection CPU budget and the bounds as Markdown (nothing when the run has no budget)."""
+    budget = result.get("cpu_budget_us_per_request", {}).get("json_c32", {})
+    if not budget:
+        return []
+    out = [
+        "",
+        "| CPU us per request, 32 connections | " + " | ".join(BUDGET_HEADINGS) + " |",
+        "|---" * (len(BUDGET_HEADINGS) + 1) + "|",
+    ]
+    for name, label in labels.items():
+        if name in budget:
+            out.append(f"| {label} | " + " | ".join(fmt(budget[name].get(col), 0) for col in BUDGET_COLUMNS) + " |")
+    cpus = result.get("machine", {}).get("nproc", 0)
+    for name, b in result.get("cpu_budget_bounds", {}).items():
+        out.append(
+            f"\n{labels.get(name, name)}: machine bound ({cpus} cores / total CPU per request) "
+            f"{fmt(b['machine_bound_rps'], 0)} req/s, single-thread bound (1 / target CPU) "
+            f"{fmt(b['single_thread_bound_rps'], 0)} req/s, measured {fmt(b['measured_rps'], 0)} req/s."
+        )
     return out
