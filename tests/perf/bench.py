@@ -345,6 +345,7 @@ def measure_memory(targets: dict[str, Target], streams: int, requested: int, fd_
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    args.output.parent.mkdir(parents=True, exist_ok=True)  # the profiles are written next to it before the JSON
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     hard_fds = raise_fd_limit()
     started = time.monotonic()

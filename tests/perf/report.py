@@ -468,8 +468,17 @@ def render_budget(
             f"{short_label(labels.get(name, name))} {name}: machine bound: {cpus} cores / total CPU per request = "
             f"{fmt(b['machine_bound_rps'], 0)} req/s; single-thread bound: 1 / target CPU = "
             f"{fmt(b['single_thread_bound_rps'], 0)} req/s; measured {fmt(b['measured_rps'], 0)} req/s"
+            + _foreign_load_note(b)
         )
     return "\n".join(lines)
+
+
+def _foreign_load_note(b: dict[str, float]) -> str:
+    """A throughput above the machine bound means the total held CPU not spent on these requests (other work)."""
+    machine, measured = b.get("machine_bound_rps"), b.get("measured_rps")
+    if machine is None or measured is None or math.isnan(machine) or math.isnan(measured) or measured <= machine:
+        return ""
+    return " (above the machine bound: other work shared the machine, see `other`)"
 
 
 def markdown_budget(result: dict[str, Any], labels: dict[str, str]) -> list[str]:
@@ -490,6 +499,7 @@ def markdown_budget(result: dict[str, Any], labels: dict[str, str]) -> list[str]
         out.append(
             f"\n{labels.get(name, name)}: machine bound ({cpus} cores / total CPU per request) "
             f"{fmt(b['machine_bound_rps'], 0)} req/s, single-thread bound (1 / target CPU) "
-            f"{fmt(b['single_thread_bound_rps'], 0)} req/s, measured {fmt(b['measured_rps'], 0)} req/s."
+            f"{fmt(b['single_thread_bound_rps'], 0)} req/s, measured {fmt(b['measured_rps'], 0)} req/s"
+            f"{_foreign_load_note(b)}."
         )
     return out

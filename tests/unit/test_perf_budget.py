@@ -157,6 +157,10 @@ def test_render_budget() -> None:
         "single-thread bound: 1 / target CPU = 3226 req/s; measured 2450 req/s"
     )
     assert render_budget(LABELS, {}, {}, cpus=2) == ""
+    busy = {"gw_redis_pg": {**bounds["gw_redis_pg"], "measured_rps": 3000.0}}
+    assert render_budget(LABELS, budget, busy, cpus=2).endswith(
+        "measured 3000 req/s (above the machine bound: other work shared the machine, see `other`)"
+    )
 
 
 def test_markdown_budget_reads_back_from_json() -> None:
