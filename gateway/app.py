@@ -19,6 +19,7 @@ from aiohttp import web
 from gateway.chain import build_chain
 from gateway.clientip import ClientIpResolver
 from gateway.filters.authn import API_KEY_SECRET
+from gateway.h1server import Handler
 from gateway.logging import AccessLog
 from gateway.metrics import METRICS, GatewayMetrics, metrics_handler
 from gateway.observers import add_observer
@@ -36,6 +37,8 @@ from gateway.upstream.pool import POOLS, UpstreamPools
 log = structlog.get_logger("gateway.app")
 
 SETTINGS: web.AppKey[Settings] = web.AppKey("settings", Settings)
+# the Streamable HTTP handler, which the lean server (gateway/h1server.py) calls directly
+STREAMABLE_HANDLER: web.AppKey[Handler] = web.AppKey("streamable_handler")
 
 # module paths with an `install(app, settings)`; order matters only for observers (audit last sees everything)
 INSTALLERS: tuple[str, ...] = (
@@ -98,6 +101,7 @@ def build_app(settings: Settings) -> web.Application:
     # the bound coroutine method, not the instance: aiohttp wraps any other callable in an extra coroutine per
     # request (and warns that this is deprecated)
     handle = StreamableHttpHandler(app).__call__
+    app[STREAMABLE_HANDLER] = handle
     app.router.add_route("POST", "/mcp/{server}", handle)
     app.router.add_route("GET", "/mcp/{server}", handle)
     app.router.add_route("DELETE", "/mcp/{server}", handle)

@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING, Any
 from gateway.jsonrpc import Envelope, JsonRpcId, Message
 
 if TYPE_CHECKING:
-    from aiohttp import web
-
     from gateway.auth.principal import Principal
+    from gateway.h1server import AnyRequest
     from gateway.policy.servers import ServerPolicy
     from gateway.policy.snapshot import Snapshot
 
@@ -50,7 +49,7 @@ class RequestContext:
     transport: str
     # HTTP verb, or "WS" for a WebSocket message
     http_method: str
-    request: web.BaseRequest | None = None
+    request: AnyRequest | None = None
     headers: Any = None  # the client's request headers (CIMultiDictProxy)
     body: bytes = b""
     message: Message | None = None

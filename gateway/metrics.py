@@ -158,6 +158,12 @@ class GatewayMetrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.lean_handovers = Counter(
+            "mcp_gateway_lean_handovers_total",
+            "Client connections the lean HTTP server (http.fast_path) gave to aiohttp's server: a request that was "
+            "not a plain POST /mcp/{server} (GET streams, DELETE, WebSocket, admin, chunked or oversized bodies)",
+            registry=r,
+        )
         self._req_children: dict[tuple[str, str, str], Any] = {}
         self._lat_children: dict[tuple[str, str], Any] = {}
         self._up_children: dict[str, Any] = {}

@@ -22,13 +22,16 @@ import contextlib
 import gc
 import signal
 from collections.abc import Awaitable, Callable
+from typing import cast
 
 import structlog
 from aiohttp import WSCloseCode, web
 
-from gateway.app import build_app
+from gateway.app import STREAMABLE_HANDLER, build_app
+from gateway.h1server import AnyRequest, FastServer, FastSite
 from gateway.logging import configure_logging
 from gateway.metrics import METRICS, sampler_ctx
+from gateway.policy.store import POLICY
 from gateway.sessions import SESSIONS
 from gateway.settings import Settings
 
@@ -61,8 +64,8 @@ class DrainTracker:
 
     def __init__(self) -> None:
         # keyed by id(): aiohttp requests are mappings, so they are not hashable
-        self._active: dict[int, web.BaseRequest] = {}
-        self._streams: dict[int, tuple[web.BaseRequest, web.StreamResponse]] = {}
+        self._active: dict[int, AnyRequest] = {}
+        self._streams: dict[int, tuple[AnyRequest, web.StreamResponse]] = {}
         self._kinds: dict[int, str] = {}
         self.draining = False
 
@@ -83,7 +86,17 @@ class DrainTracker:
         app.middlewares.append(track)
         app.on_response_prepare.append(self._on_prepare)
 
-    async def _on_prepare(self, request: web.Request, response: web.StreamResponse) -> None:
+    # the lean server's requests (gateway/h1server.py) do not pass through aiohttp's middlewares: it calls these
+    def enter(self, request: AnyRequest) -> None:
+        self._active[id(request)] = request
+
+    def leave(self, request: AnyRequest) -> None:
+        key = id(request)
+        self._active.pop(key, None)
+        self._streams.pop(key, None)
+        self._kinds.pop(key, None)
+
+    async def _on_prepare(self, request: AnyRequest, response: web.StreamResponse) -> None:
         # GET event streams (streamable HTTP, legacy SSE) and 2026 `subscriptions/listen` POSTs stay open until
         # someone ends them; the gateway has already checked that a modern request's Mcp-Method header matches
         # its body before anything is streamed back
@@ -121,7 +134,7 @@ class DrainTracker:
         return len(streams)
 
     @staticmethod
-    async def _end(request: web.BaseRequest, response: web.StreamResponse) -> None:
+    async def _end(request: AnyRequest, response: web.StreamResponse) -> None:
         try:
             async with asyncio.timeout(STREAM_CLOSE_SECONDS):
                 if isinstance(response, web.WebSocketResponse):
@@ -134,13 +147,15 @@ class DrainTracker:
             log.debug("ending stream failed", error=repr(exc), path=request.path)
         # an SSE handler is blocked reading its upstream, which may stay quiet: stop it (closing the upstream
         # request too) rather than wait
-        request.task.cancel()
+        if request.task is not None:
+            request.task.cancel()
 
     def cancel(self, *, streams_too: bool = False) -> int:
         """Cancel the handlers still running (by default only requests, not streams); returns how many."""
         victims = [r for key, r in self._active.items() if streams_too or key not in self._streams]
         for request in victims:
-            request.task.cancel()
+            if request.task is not None:
+                request.task.cancel()
         return len(victims)
 
     async def wait_idle(self, deadline: float, *, streams_too: bool = False) -> bool:
@@ -153,7 +168,7 @@ class DrainTracker:
         return False
 
 
-async def drain(runner: web.AppRunner, tracker: DrainTracker, grace: float) -> None:
+async def drain(runner: web.AppRunner, tracker: DrainTracker, grace: float, fast: FastServer | None = None) -> None:
     loop = asyncio.get_running_loop()
     deadline = loop.time() + grace
     tracker.draining = True
@@ -161,6 +176,8 @@ async def drain(runner: web.AppRunner, tracker: DrainTracker, grace: float) -> N
         await site.stop()
     if runner.server is not None:
         runner.server.pre_shutdown()
+    if fast is not None:
+        fast.pre_shutdown()
     log.info("draining", in_flight=tracker.busy, streams=tracker.open_streams, grace_seconds=grace)
     finished = await tracker.wait_idle(deadline)
     # streams first: cancelling an SSE handler before its final chunk is written would cut the stream
@@ -171,7 +188,9 @@ async def drain(runner: web.AppRunner, tracker: DrainTracker, grace: float) -> N
     log.info("drained", in_flight_finished=finished, streams_ended=ended, cancelled=cancelled)
 
 
-def install_samplers(app: web.Application, runner: web.AppRunner, tracker: DrainTracker) -> None:
+def install_samplers(
+    app: web.Application, runner: web.AppRunner, tracker: DrainTracker, lean: list[FastServer] | None = None
+) -> None:
     """Gauges read from live state at scrape time (and every few seconds, for the other workers' scrapes)."""
     metrics = app[METRICS]
 
@@ -180,7 +199,9 @@ def install_samplers(app: web.Application, runner: web.AppRunner, tracker: Drain
 
     def connections() -> None:
         server = runner.server
-        metrics.connections_open.set(len(server.connections) if server is not None else 0)
+        count = len(server.connections) if server is not None else 0
+        count += sum(len(fast.connections) for fast in lean or ())
+        metrics.connections_open.set(count)
 
     def streams() -> None:
         for kind, count in tracker.streams_by_kind().items():
@@ -189,6 +210,31 @@ def install_samplers(app: web.Application, runner: web.AppRunner, tracker: Drain
     metrics.add_sampler(sessions)
     metrics.add_sampler(streams)
     metrics.add_sampler(connections)
+
+
+def fast_server(app: web.Application, runner: web.AppRunner, tracker: DrainTracker, settings: Settings) -> FastServer:
+    """The lean HTTP/1.1 server for `POST /mcp/{server}`, in front of aiohttp's (gateway/h1server.py)."""
+    assert runner.server is not None
+    policy = app[POLICY]
+
+    def route_transport(name: str) -> str | None:
+        server = policy.active.snapshot.servers.get(name)
+        return server.transport if server is not None else None
+
+    async def on_prepare(request: AnyRequest, response: web.StreamResponse) -> None:
+        # the app's response-prepare signal, as aiohttp sends it (the drain tracker learns of event streams there)
+        await app.on_response_prepare.send(cast(web.Request, request), response)
+
+    return FastServer(
+        runner.server,
+        app[STREAMABLE_HANDLER],
+        route_transport,
+        max_body_bytes=settings.http.max_body_bytes,
+        on_prepare=on_prepare,
+        on_enter=tracker.enter,
+        on_leave=tracker.leave,
+        on_hand_over=app[METRICS].lean_handovers.inc,
+    )
 
 
 def tune_gc() -> None:
@@ -212,7 +258,8 @@ async def serve(settings: Settings, reuse_port: bool = False) -> None:
     # handler_cancellation: a client that disconnects cancels its handler, which closes the upstream request.
     # shutdown_timeout only bounds what drain() left behind (normally nothing).
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=STREAM_CLOSE_SECONDS)
-    install_samplers(app, runner, tracker)
+    lean: list[FastServer] = []  # the lean server, once the runner (its fallback) is set up
+    install_samplers(app, runner, tracker, lean)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -221,9 +268,16 @@ async def serve(settings: Settings, reuse_port: bool = False) -> None:
     try:
         # inside the try: a failed startup (a broken policy) still runs the cleanup of what did start
         await runner.setup()
-        site = web.TCPSite(
-            runner, settings.listen.host, settings.listen.port, reuse_port=reuse_port or None, backlog=1024
-        )
+        site: web.BaseSite
+        if settings.http.fast_path:
+            lean.append(fast_server(app, runner, tracker, settings))
+            site = FastSite(
+                runner, lean[0], settings.listen.host, settings.listen.port, reuse_port=reuse_port or None, backlog=1024
+            )
+        else:
+            site = web.TCPSite(
+                runner, settings.listen.host, settings.listen.port, reuse_port=reuse_port or None, backlog=1024
+            )
         await site.start()
         tune_gc()
         log.info(
@@ -234,9 +288,11 @@ async def serve(settings: Settings, reuse_port: bool = False) -> None:
             reuse_port=reuse_port,
         )
         await stop.wait()
-        await drain(runner, tracker, settings.http.shutdown_grace_seconds)
+        await drain(runner, tracker, settings.http.shutdown_grace_seconds, lean[0] if lean else None)
     finally:
         log.info("shutting down")
+        for fast in lean:
+            fast.shutdown()
         await runner.cleanup()
         log.info("stopped")
 

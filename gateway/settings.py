@@ -105,6 +105,8 @@ class HttpSettings(Model):
     trusted_proxies: list[str] = Field(default_factory=list)
     shutdown_grace_seconds: PositiveFloat = 20.0
     allowed_origins: list[str] = Field(default_factory=list)
+    # serve `POST /mcp/{server}` on the lean HTTP/1.1 server (gateway/h1server.py); false: aiohttp serves everything
+    fast_path: bool = True
 
 
 class LoggingSettings(Model):

@@ -11,6 +11,7 @@ from aiohttp import web
 from gateway.chain import Chain, note_refusal
 from gateway.context import RequestContext
 from gateway.errors import BodyTooLarge, GatewayError, render_error
+from gateway.h1server import AnyRequest
 from gateway.jsonrpc import best_effort_id, parse_message
 from gateway.policy.servers import ServerPolicy
 from gateway.policy.snapshot import Snapshot
@@ -19,7 +20,7 @@ from gateway.runtime import Runtime
 _MAX_REQUEST_ID = 128
 
 
-def request_id_of(request: web.BaseRequest) -> str:
+def request_id_of(request: AnyRequest) -> str:
     rid = request.headers.get("X-Request-ID")
     if rid and len(rid) <= _MAX_REQUEST_ID and rid.isascii() and rid.isprintable():
         return rid
@@ -47,7 +48,7 @@ os.register_at_fork(after_in_child=_IDS.reseed)
 _next_request_id = _IDS.next
 
 
-async def read_body(request: web.BaseRequest, cap: int) -> bytes:
+async def read_body(request: AnyRequest, cap: int) -> bytes:
     """Read the body under `cap`; refuse early on a declared length over it, and stop reading past it."""
     declared = request.content_length
     if declared is not None and declared > cap:
@@ -74,7 +75,7 @@ def origin_ok(rt: Runtime, origin: str | None) -> bool:
 
 
 def new_context(
-    request: web.BaseRequest,
+    request: AnyRequest,
     rt: Runtime,
     snapshot: Snapshot,
     server_name: str,

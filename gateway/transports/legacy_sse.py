@@ -30,6 +30,7 @@ from gateway.errors import (
     SessionNotFound,
     error_payload,
 )
+from gateway.h1server import prepare
 from gateway.jsonrpc import Envelope, Kind, Message
 from gateway.metrics import METRICS
 from gateway.policy.store import POLICY, Active
@@ -142,7 +143,7 @@ class LegacySseHandler:
         keepalive = settings.http.sse_keepalive_seconds
         parser = SseParser()
         try:
-            await out.prepare(ctx.request)
+            await prepare(out, ctx.request)
             while True:
                 try:
                     async with asyncio.timeout(keepalive):

@@ -12,6 +12,7 @@ from gateway import modern
 from gateway.chain import Chain
 from gateway.context import RequestContext
 from gateway.errors import Forbidden, GatewayError, MethodNotAllowed, NotFound
+from gateway.h1server import FastRequest
 from gateway.metrics import METRICS
 from gateway.policy.store import POLICY
 from gateway.runtime import RUNTIME
@@ -37,16 +38,20 @@ class StreamableHttpHandler:
         self._legacy = LegacySseHandler(app)
         self._websocket = WebSocketHandler(app)
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
+    async def __call__(self, request: web.Request | FastRequest) -> web.StreamResponse:
         app = self._app
         rt = app[RUNTIME]
         active = app[POLICY].active
         server_name = request.match_info["server"]
         server = active.snapshot.servers.get(server_name)
-        if server is not None and server.transport == "sse":
-            return await self._legacy.dispatch(request, active)
-        if server is not None and server.transport == "websocket":
-            return await self._websocket(request, active)
+        moved = False
+        if server is not None and server.transport != "streamable-http":
+            if isinstance(request, web.Request):
+                if server.transport == "sse":
+                    return await self._legacy.dispatch(request, active)
+                return await self._websocket(request, active)
+            # from the lean server, which saw a Streamable HTTP route when the head arrived: a reload moved it
+            moved = True
         metrics = app[METRICS]
         chain: Chain = active.chain
         ctx = new_context(
@@ -62,6 +67,14 @@ class StreamableHttpHandler:
         try:
             if server is None:
                 return refuse_early(chain, ctx, NotFound(f"no MCP server named {server_name!r}"))
+            if moved:
+                retry = GatewayError(
+                    "the route's transport changed while the request arrived; retry",
+                    reason="route_changed",
+                    status=503,
+                    headers={"Retry-After": "1"},
+                )
+                return refuse_early(chain, ctx, retry)
             if not origin_ok(rt, request.headers.get("Origin")):
                 return refuse_early(chain, ctx, Forbidden("Origin not allowed", reason="bad_origin"))
             if request.method == "POST":

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from gateway.context import RequestContext, UpstreamOutcome
 from gateway.errors import UpstreamPoolExhausted, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from gateway.h1server import AnyRequest, new_response, prepare
 from gateway.policy.servers import ServerPolicy
 from gateway.upstream.h1client import (
     H1BodyError,
@@ -120,7 +121,7 @@ class HttpForwarder:
     async def relay(
         self,
         ctx: RequestContext,
-        request: web.BaseRequest,
+        request: AnyRequest,
         resp: H1Response,
         extra_headers: dict[str, str] | None = None,
     ) -> web.StreamResponse:
@@ -134,12 +135,12 @@ class HttpForwarder:
             headers["X-Request-ID"] = ctx.request_id
             ctype = resp.headers.get("Content-Type", "")
             is_sse = ctype.startswith("text/event-stream")
-            out = web.StreamResponse(status=resp.status, reason=resp.reason, headers=headers)
+            out = new_response(request, resp.status, resp.reason, headers)
             ctx.http_status = resp.status
             if is_sse:
                 out.headers["Cache-Control"] = "no-cache, no-transform"
                 out.headers["X-Accel-Buffering"] = "no"
-                await out.prepare(request)
+                await prepare(out, request)
                 if ctx.transform is not None:
                     await self._relay_sse_transformed(ctx, resp, out)
                 else:
@@ -148,7 +149,7 @@ class HttpForwarder:
                 body = await self._read_bounded(resp)
                 body = self._transform_json(ctx, body)
                 out.content_length = len(body)
-                await out.prepare(request)
+                await prepare(out, request)
                 await out.write(body)
                 ctx.bytes_out += len(body)
             else:
@@ -158,7 +159,7 @@ class HttpForwarder:
                 first = await resp.content.readany()
                 if resp.content_length is not None:
                     out.content_length = resp.content_length
-                await out.prepare(request)
+                await prepare(out, request)
                 if first:
                     ctx.bytes_out += len(first)
                     await out.write(first)
