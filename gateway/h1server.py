@@ -163,6 +163,7 @@ class FastResponse(web.StreamResponse):
         self._started = False
         self._done = False
         self._is_chunked = False
+        self._bodiless = False
         self._pending_head: bytes | None = None
 
     @property
@@ -177,13 +178,19 @@ class FastResponse(web.StreamResponse):
         conn.response_started = True
         await conn.server.on_prepare(request, self)
         headers = self.headers
-        if "Content-Length" not in headers:
+        status = self.status
+        if status < 200 or status in (204, 304):
+            # no body by definition (RFC 9112 6.3): no framing headers, and nothing written after the head
+            self._bodiless = True
+            headers.popall("Content-Length", None)
+            headers.popall("Transfer-Encoding", None)
+        elif "Content-Length" not in headers:
             self._is_chunked = True
             headers["Transfer-Encoding"] = "chunked"
-        self._pending_head = response_head(self.status, self.reason, headers, conn.closing)
+        self._pending_head = response_head(status, self.reason, headers, conn.closing)
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not data:
+        if not data or self._bodiless:
             return
         if self._done:
             raise RuntimeError("Cannot call write() after write_eof()")
