@@ -387,7 +387,9 @@ class FastProtocol(asyncio.Protocol):
                 return
             end = buf.find(b"\r\n\r\n")
             if end < 0:
-                if len(buf) > MAX_HEAD_BYTES:
+                lf = buf.find(b"\n")
+                if len(buf) > MAX_HEAD_BYTES or (lf >= 0 and (lf == 0 or buf[lf - 1] != 13)) or b"\n\n" in buf:
+                    # too long, or lines ending in a bare LF: aiohttp's parser decides what that is
                     self._hand_over()
                 return  # the rest of the head is on its way
             head_len = end + 4
@@ -443,7 +445,7 @@ class FastProtocol(asyncio.Protocol):
         for name, value in pairs:
             lname = name.lower()
             if lname == "content-length":
-                if length is not None or not value.isdigit():
+                if length is not None or not (value.isascii() and value.isdigit()):
                     return None  # two lengths, or a malformed one: aiohttp refuses it properly
                 length = int(value)
             elif lname in ("transfer-encoding", "expect", "upgrade"):
