@@ -235,7 +235,10 @@ async def eventually(
 
 def log_lines(gw: Gateway) -> list[dict[str, Any]]:
     out = []
-    for line in gw.logs().splitlines():
+    text = gw.logs()
+    # the gateway may be writing its last line while it is read: only lines ended by their newline are complete
+    complete = text[: text.rfind("\n") + 1]
+    for line in complete.splitlines():
         if line.strip():
             out.append(orjson.loads(line))  # every line must be JSON: this raises on one that is not
     return out
