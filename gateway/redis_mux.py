@@ -255,6 +255,15 @@ class RedisMux:
             return conn.send(pack(args))
         return self._execute_after_connect(args)
 
+    def execute_packed(self, args: tuple[Arg, ...], packed: bytes) -> Awaitable[Any]:
+        """`execute(*args)` for a command the caller sends often and packed once: `packed` must be `pack(args)`."""
+        conn = self._conn
+        if conn is not None and conn.open:
+            if len(conn.pending) >= self._max_pending:
+                raise RedisConnectionError(BUSY)
+            return conn.send(packed)
+        return self._execute_after_connect(args)
+
     async def _execute_after_connect(self, args: tuple[Arg, ...]) -> Any:
         conn = await self._connection(force=False)
         if len(conn.pending) >= self._max_pending:

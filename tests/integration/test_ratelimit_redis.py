@@ -17,6 +17,7 @@ from gateway.ratelimit.backend import LimiterBackend
 from gateway.ratelimit.gcra import SlotCheck, TierCheck
 from gateway.ratelimit.metrics import RateLimitMetrics
 from gateway.ratelimit.redis_store import RedisLimiterStore
+from gateway.redis_mux import RedisMux
 from tests.harness import RedisInstance
 
 pytestmark = pytest.mark.integration
@@ -276,3 +277,32 @@ async def test_lua_script_matches_the_python_algorithm(shared: tuple[aioredis.Re
                 assert (a.allowed, a.remaining) == (b.allowed, b.remaining), (where, a, b)
                 assert a.retry_after == pytest.approx(b.retry_after, abs=1e-5), (where, a, b)
                 assert a.reset == pytest.approx(b.reset, abs=1e-5), (where, a, b)
+
+
+async def test_a_repeated_tier_list_reuses_its_packed_call_and_still_decides(private_redis: RedisInstance) -> None:
+    """The rate-limit stage hands the same tier list for every request of a client plan; the store packs its EVALSHA
+    once for it. The packed call must still be a real decision every time (state moves, refusals come), survive a
+    SCRIPT FLUSH, and be dropped when the list is a different object."""
+    client = client_for(private_redis.url)
+    admin = aioredis.Redis.from_url(private_redis.url)
+    hot = RedisMux(host="127.0.0.1", port=private_redis.port)
+    store = RedisLimiterStore(client, "mgw:", hot)
+    try:
+        tiers = [tier("key", 0.001, 3)]  # a burst of 3, then one more only after 1000 s
+        got = [(await store.decide(tiers, [], 0)).allowed for _ in range(5)]
+        assert got == [True, True, True, False, False]
+        assert len(store._calls) == 1  # one packed call, reused by all five
+        await admin.script_flush()
+        v = await store.decide(tiers, [], 0)  # NOSCRIPT on the packed bytes: reloaded and decided
+        assert not v.allowed and v.tiers[0].remaining == 0
+        other = [tier("other", 0.001, 1)]
+        assert (await store.decide(other, [], 0)).allowed
+        assert not (await store.decide(other, [], 0)).allowed
+        assert len(store._calls) == 2
+        stats = await admin.info("commandstats")
+        # NOSCRIPT twice: the first call ever (nothing loaded yet) and the packed bytes after the flush
+        assert stats["cmdstat_evalsha"]["failed_calls"] == 2
+    finally:
+        await hot.aclose()
+        await client.aclose()
+        await admin.aclose()
