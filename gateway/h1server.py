@@ -300,6 +300,8 @@ class FastProtocol(asyncio.Protocol):
     # ------------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # asyncio.get_running_loop() checks the pid with a getpid() system call each time: look it up once
+        self._loop = asyncio.get_running_loop()
         self.transport = t = cast(asyncio.Transport, transport)
         sock = t.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -351,7 +353,7 @@ class FastProtocol(asyncio.Protocol):
             raise ConnectionResetError("Connection lost")
         waiter = self._drain_waiter
         if waiter is None or waiter.done():
-            waiter = self._drain_waiter = asyncio.get_running_loop().create_future()
+            waiter = self._drain_waiter = self._loop.create_future()
         await waiter
 
     def _wake_writer(self, exc: Exception | None) -> None:
@@ -486,7 +488,7 @@ class FastProtocol(asyncio.Protocol):
         self._busy = request
         self.response_started = False
         self.idle_since = None
-        request.task = asyncio.get_running_loop().create_task(self._serve(request))
+        request.task = self._loop.create_task(self._serve(request))
 
     async def _serve(self, request: FastRequest) -> None:
         server = self.server
