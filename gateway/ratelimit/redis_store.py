@@ -123,14 +123,18 @@ class RedisLimiterStore:
     def parse_result(self, tiers: Sequence[TierCheck], raw: object) -> tuple[bool, int, list[TierResult]]:
         """(admitted, 1-based index of the refusing slot or 0, per-tier results) from decide.lua's answer."""
         assert isinstance(raw, list)
+        if not all(type(x) is int for x in raw):
+            raw = [int(x) for x in raw]  # Lua's numbers arrive as RESP integers; anything else is converted as before
         results: list[TierResult] = []
-        for i, t in enumerate(tiers):
-            o = 2 + i * 4
-            allowed, remaining, retry, reset = (int(x) for x in raw[o : o + 4])
+        o = 2
+        for t in tiers:
             results.append(
-                TierResult(t.name, allowed == 1, remaining, retry / _US, reset / _US, t.burst, t.interval, t.shadow)
+                TierResult(
+                    t.name, raw[o] == 1, raw[o + 1], raw[o + 2] / _US, raw[o + 3] / _US, t.burst, t.interval, t.shadow
+                )
             )
-        return int(raw[0]) == 1, int(raw[1]), results
+            o += 4
+        return raw[0] == 1, raw[1], results
 
     def _packed_call(self, tiers: Sequence[TierCheck], slot_ttl: float) -> PackedCall | None:
         entry = self._calls.get(id(tiers))
