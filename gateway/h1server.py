@@ -16,17 +16,16 @@ share a connection. `http.fast_path: false` turns this server off.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from email.utils import formatdate
 from typing import Any, cast
 
 import httptools
 import structlog
 from aiohttp import web
+from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.tcp_helpers import tcp_nodelay
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.errors import GatewayError, render_error
@@ -74,7 +73,6 @@ class FastRequest:
         "content",
         "content_length",
         "headers",
-        "keep_alive",
         "match_info",
         "method",
         "path",
@@ -89,7 +87,6 @@ class FastRequest:
         name: str,
         headers: CIMultiDictProxy[str],
         body: bytes,
-        keep_alive: bool,
     ) -> None:
         self._conn = conn
         self.method = "POST"
@@ -99,7 +96,6 @@ class FastRequest:
         self.content_length = len(body)
         self.content = FastBody(body)
         self.remote = conn.remote
-        self.keep_alive = keep_alive
         self.task: asyncio.Task[None] | None = None
 
     @property
@@ -114,31 +110,13 @@ class FastRequest:
 AnyRequest = web.BaseRequest | FastRequest
 
 
-class _Clock:
-    """The `Date` header, formatted once a second."""
-
-    def __init__(self) -> None:
-        self._second = 0
-        self._value = ""
-
-    def date(self) -> str:
-        now = int(time.time())
-        if now != self._second:
-            self._second = now
-            self._value = formatdate(now, usegmt=True)
-        return self._value
-
-
-_CLOCK = _Clock()
-
-
 def response_head(status: int, reason: str, headers: Mapping[str, str], close: bool) -> bytes:
     """Status line and header block. A CR or LF inside a name or value (header injection) raises ValueError, as
     aiohttp's writer does."""
     parts = [f"HTTP/1.1 {status} {reason}\r\n"]
     parts += [f"{k}: {v}\r\n" for k, v in headers.items()]
     if "Date" not in headers:
-        parts.append(f"Date: {_CLOCK.date()}\r\n")
+        parts.append(f"Date: {rfc822_formatted_time()}\r\n")
     if "Server" not in headers:
         parts.append(f"Server: {SERVER_SOFTWARE}\r\n")
     if close:
@@ -200,7 +178,7 @@ class FastResponse(web.StreamResponse):
         transport = conn.transport
         if transport is None or transport.is_closing():
             raise ConnectionResetError("Cannot write to closing transport")
-        body = bytes(data)
+        body = data if type(data) is bytes else bytes(data)
         if self._is_chunked:
             body = b"%x\r\n%b\r\n" % (len(body), body)
         head, self._pending_head = self._pending_head, None
@@ -303,10 +281,7 @@ class FastProtocol(asyncio.Protocol):
         # asyncio.get_running_loop() checks the pid with a getpid() system call each time: look it up once
         self._loop = asyncio.get_running_loop()
         self.transport = t = cast(asyncio.Transport, transport)
-        sock = t.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        tcp_nodelay(t, True)
         peer = t.get_extra_info("peername")
         if isinstance(peer, (list, tuple)) and peer:
             self.remote = str(peer[0])
@@ -484,7 +459,7 @@ class FastProtocol(asyncio.Protocol):
     def _start(self, name: str, headers: CIMultiDictProxy[str], body: bytes, keep_alive: bool) -> None:
         if not keep_alive or self.server.closing:
             self.closing = True
-        request = FastRequest(self, name, headers, body, not self.closing)
+        request = FastRequest(self, name, headers, body)
         self._busy = request
         self.response_started = False
         self.idle_since = None
@@ -526,15 +501,13 @@ class FastProtocol(asyncio.Protocol):
             return
         if not isinstance(resp, web.Response) or resp.prepared:
             raise ValueError(f"the lean server cannot write a {type(resp).__name__}")
-        await self.server.on_prepare(request, resp)
+        # an answer built whole (the error renderer's): written like any other, head and body in one write
         body = resp.body
         data = body if isinstance(body, bytes) else b""
-        headers = resp.headers
-        headers["Content-Length"] = str(len(data))
-        transport = self.transport
-        if transport is None or transport.is_closing():
-            raise ConnectionResetError("Connection lost")
-        transport.write(response_head(resp.status, resp.reason, headers, self.closing) + data)
+        out = FastResponse(self, status=resp.status, reason=resp.reason, headers=resp.headers)
+        out.content_length = len(data)
+        await out.prepare(request)
+        await out.write_eof(data)
 
     def _done(self) -> None:
         self._busy = None

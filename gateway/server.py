@@ -70,23 +70,20 @@ class DrainTracker:
         self.draining = False
 
     def install(self, app: web.Application) -> None:
-        active, streams, kinds = self._active, self._streams, self._kinds
+        enter, leave = self.enter, self.leave
 
         @web.middleware
         async def track(request: web.Request, handler: Handler) -> web.StreamResponse:
-            key = id(request)
-            active[key] = request
+            enter(request)
             try:
                 return await handler(request)
             finally:
-                active.pop(key, None)
-                streams.pop(key, None)
-                kinds.pop(key, None)
+                leave(request)
 
         app.middlewares.append(track)
         app.on_response_prepare.append(self._on_prepare)
 
-    # the lean server's requests (gateway/h1server.py) do not pass through aiohttp's middlewares: it calls these
+    # the middleware above calls these for aiohttp's requests, the lean server (gateway/h1server.py) for its own
     def enter(self, request: AnyRequest) -> None:
         self._active[id(request)] = request
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import socket
 import ssl
 from collections import deque
 from functools import lru_cache
@@ -26,6 +25,7 @@ from urllib.parse import quote, unquote, urlsplit
 
 import aiohttp
 import httptools
+from aiohttp.tcp_helpers import tcp_nodelay
 from multidict import CIMultiDict, CIMultiDictProxy
 
 # Unread body bytes above which the upstream socket stops being read: a slow client must not make the gateway
@@ -355,11 +355,8 @@ class H1Connection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            # requests go out in one write and must not wait for the ACK of the previous segment
-            with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # requests go out in one write and must not wait for the ACK of the previous segment
+        tcp_nodelay(self.transport, True)
 
     def data_received(self, data: bytes) -> None:
         if not self._exchange:
