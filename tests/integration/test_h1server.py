@@ -175,6 +175,16 @@ async def connect(gw: Gateway) -> Client:
     return Client(reader, writer)
 
 
+@contextlib.asynccontextmanager
+async def connected(gw: Gateway) -> AsyncIterator[Client]:
+    """A raw connection to the gateway, closed when the block ends."""
+    c = await connect(gw)
+    try:
+        yield c
+    finally:
+        await c.close()
+
+
 async def session(gw: Gateway, client: Client, id_: int = 1) -> str:
     """initialize + notifications/initialized on `client`; the session id."""
     r = await client.exchange(post(gw, init(id_)))
@@ -262,8 +272,7 @@ async def env(lean_gw: Gateway, upstream: Upstream) -> AsyncIterator[Env]:
 async def test_two_posts_on_one_keepalive_connection(env: Env) -> None:
     gw = env.gw
     before = await env.handovers()
-    c = await connect(gw)
-    try:
+    async with connected(gw) as c:
         r1 = await c.exchange(post(gw, init(1)))
         assert r1.status == 200, r1.body
         assert r1.message()["id"] == 1
@@ -274,16 +283,13 @@ async def test_two_posts_on_one_keepalive_connection(env: Env) -> None:
         r2 = await c.exchange(post(gw, rpc("ping", 2), extra=session_headers(sid)))
         assert r2.status == 200, r2.body
         assert r2.message() == {"jsonrpc": "2.0", "id": 2, "result": {}}
-    finally:
-        await c.close()
     assert await env.handovers() == before
 
 
 async def test_pipelined_posts_answered_in_order(env: Env) -> None:
     gw = env.gw
     before = await env.handovers()
-    c = await connect(gw)
-    try:
+    async with connected(gw) as c:
         sid = await session(gw, c)
         sh = session_headers(sid)
         await c.send(post(gw, rpc("ping", 11), extra=sh) + post(gw, rpc("tools/list", 12), extra=sh))
@@ -293,8 +299,6 @@ async def test_pipelined_posts_answered_in_order(env: Env) -> None:
         assert first.message() == {"jsonrpc": "2.0", "id": 11, "result": {}}
         assert second.message()["id"] == 12
         assert "tools" in second.message()["result"]
-    finally:
-        await c.close()
     assert await env.handovers() == before
 
 
@@ -307,8 +311,7 @@ async def test_head_and_body_split_across_writes(env: Env) -> None:
     # the first piece ends inside "POST /mc", the second inside a header, the third is the rest of the head
     cuts = [6, head.index(b"Content-Type") + 5]
     pieces = [head[: cuts[0]], head[cuts[0] : cuts[1]], head[cuts[1] :], body[:10], body[10:]]
-    c = await connect(gw)
-    try:
+    async with connected(gw) as c:
         await c.send(*pieces, pause=0.05)
         r = await read_response(c.reader)
         assert r.status == 200, r.body
@@ -316,29 +319,23 @@ async def test_head_and_body_split_across_writes(env: Env) -> None:
         # still the lean path's connection: the next request works too
         r2 = await c.exchange(post(gw, init(8)))
         assert r2.status == 200 and r2.message()["id"] == 8
-    finally:
-        await c.close()
     assert await env.handovers() == before
 
 
 async def test_connection_close_is_honoured(env: Env) -> None:
     gw = env.gw
-    c = await connect(gw)
-    try:
+    async with connected(gw) as c:
         r = await c.exchange(post(gw, init(21), extra={"Connection": "close"}))
         assert r.status == 200, r.body
         assert r.message()["id"] == 21
         assert r.headers.get("Connection", "").lower() == "close"
         assert await at_eof(c.reader)
-    finally:
-        await c.close()
 
 
 async def test_refusal_on_the_lean_path_is_well_formed(env: Env) -> None:
     gw = env.gw
     before = await env.handovers()
-    c = await connect(gw)
-    try:
+    async with connected(gw) as c:
         r = await c.exchange(post(gw, init(31), auth=False))
         assert r.status == 401, r.body
         err = r.message()
@@ -349,17 +346,12 @@ async def test_refusal_on_the_lean_path_is_well_formed(env: Env) -> None:
         r2 = await c.exchange(post(gw, init(32)))
         assert r2.status == 200, r2.body
         assert r2.message()["id"] == 32
-    finally:
-        await c.close()
     assert await env.handovers() == before
     # the same refusal from aiohttp (a query string sends the request there) has the same headers and body
     # (`WWW-Authenticate` is only sent on OAuth routes: gateway/filters/authn.py; this is an API-key route)
-    c2 = await connect(gw)
-    try:
+    async with connected(gw) as c2:
         data = post(gw, init(31), auth=False).replace(b"/mcp/example ", b"/mcp/example?via=aiohttp ", 1)
         ref = await c2.exchange(data)
-    finally:
-        await c2.close()
     assert ref.status == 401
     assert {k.lower() for k in r.headers} == {k.lower() for k in ref.headers}
     assert r.headers["Content-Type"] == ref.headers["Content-Type"]
@@ -372,8 +364,7 @@ async def test_refusal_on_the_lean_path_is_well_formed(env: Env) -> None:
 async def test_get_after_post_hands_the_connection_over(env: Env) -> None:
     gw = env.gw
     before = await env.handovers()
-    c = await connect(gw)
-    try:
+    async with connected(gw) as c:
         r1 = await c.exchange(post(gw, init(41)))
         assert r1.status == 200 and r1.message()["id"] == 41
         r2 = await c.exchange(get(gw, "/healthz"))
@@ -384,8 +375,6 @@ async def test_get_after_post_hands_the_connection_over(env: Env) -> None:
         r3 = await c.exchange(post(gw, init(42)))
         assert r3.status == 200, r3.body
         assert r3.message()["id"] == 42
-    finally:
-        await c.close()
     assert await env.handovers() == before + 1
 
 
@@ -397,13 +386,10 @@ async def test_chunked_post_is_served_by_aiohttp(env: Env) -> None:
     head = data[: data.index(b"\r\n\r\n") + 2].replace(b"Content-Length: 0\r\n", b"")
     assert b"Content-Length" not in head
     chunked = b"%x\r\n%b\r\n%x\r\n%b\r\n0\r\n\r\n" % (20, body[:20], len(body) - 20, body[20:])
-    c = await connect(gw)
-    try:
+    async with connected(gw) as c:
         r = await c.exchange(head + b"Transfer-Encoding: chunked\r\n\r\n" + chunked)
         assert r.status == 200, r.body
         assert r.message()["id"] == 51
-    finally:
-        await c.close()
     assert await env.handovers() == before + 1
 
 
@@ -417,14 +403,11 @@ async def test_body_over_the_cap_is_refused_with_413(env: Env) -> None:
     }
     body = rpc("initialize", 61, params)
     assert len(body) > MAX_BODY
-    c = await connect(gw)
-    try:
+    async with connected(gw) as c:
         r = await c.exchange(post(gw, body))
         assert r.status == 413, (r, r.body)
         err = r.message()
         assert err["jsonrpc"] == "2.0" and isinstance(err["error"]["code"], int)
-    finally:
-        await c.close()
     assert await env.handovers() == before + 1
 
 
@@ -444,36 +427,29 @@ async def test_malformed_head_gets_a_400_from_aiohttp(env: Env, bad: bytes) -> N
     if bad.startswith(b"Content-Length: abc"):
         data = data.replace(b"Content-Length: %d\r\n" % len(init(71)), b"")
         end = data.index(b"\r\n\r\n") + 2
-    c = await connect(gw)
-    try:
+    async with connected(gw) as c:
         r = await c.exchange(data[:end] + bad + data[end:], version="1.0")
         assert r.status == 400, (r, r.body)
         assert await at_eof(c.reader)  # aiohttp closes after a refused head
-    finally:
-        await c.close()
     assert await env.handovers() == before + 1
 
 
 async def test_unknown_server_answered_404_on_the_lean_path(env: Env) -> None:
     gw = env.gw
     before = await env.handovers()
-    c = await connect(gw)
-    try:
+    async with connected(gw) as c:
         r = await c.exchange(post(gw, init(91), server="nosuchserver"))
         assert r.status == 404, r.body
         assert r.message()["jsonrpc"] == "2.0"
         r2 = await c.exchange(post(gw, init(92)))
         assert r2.status == 200 and r2.message()["id"] == 92
-    finally:
-        await c.close()
     assert await env.handovers() == before
 
 
 async def test_event_stream_answer_is_chunked_on_the_lean_path(env: Env) -> None:
     gw = env.gw
     before = await env.handovers()
-    c = await connect(gw)
-    try:
+    async with connected(gw) as c:
         r = await c.exchange(post(gw, init(111), server="streaming"))
         assert r.status == 200, r.body
         assert r.headers["Content-Type"].startswith("text/event-stream")
@@ -486,8 +462,6 @@ async def test_event_stream_answer_is_chunked_on_the_lean_path(env: Env) -> None
         r2 = await c.exchange(post(gw, rpc("ping", 112), extra=sh, server="streaming"))
         assert r2.status == 200, r2.body
         assert r2.message() == {"jsonrpc": "2.0", "id": 112, "result": {}}
-    finally:
-        await c.close()
     assert await env.handovers() == before
 
 
@@ -513,8 +487,7 @@ async def test_other_request_shapes_are_handed_over_and_served(
     before = await env.handovers()
     data = post(gw, init(121)).replace(change[0], change[1], 1)
     assert data != post(gw, init(121))
-    c = await connect(gw)
-    try:
+    async with connected(gw) as c:
         if change[1].startswith(b"Expect"):
             # the head alone first: the body follows the interim answer, as a client of Expect does
             end = data.index(b"\r\n\r\n") + 4
@@ -526,22 +499,17 @@ async def test_other_request_shapes_are_handed_over_and_served(
         r = await read_response(c.reader, version)
         assert r.status == 200, r.body
         assert r.message()["id"] == 121
-    finally:
-        await c.close()
     assert await env.handovers() == before + 1
 
 
 async def test_non_streamable_route_is_handed_over(env: Env) -> None:
     gw = env.gw
     before = await env.handovers()
-    c = await connect(gw)
-    try:
+    async with connected(gw) as c:
         r = await c.exchange(post(gw, init(131), server="legacy"))
         # aiohttp's route for a legacy HTTP+SSE server refuses a POST in the gateway's format
         assert r.status == 405, r.body
         assert r.message()["error"]["data"]["reason"] == "method_not_allowed"
-    finally:
-        await c.close()
     assert await env.handovers() == before + 1
 
 
@@ -555,19 +523,13 @@ async def test_fast_path_off_serves_everything_with_aiohttp(
     with running(gw):
         e = Env(gw, upstream)
         try:
-            c = await connect(gw)
-            try:
+            async with connected(gw) as c:
                 r = await c.exchange(post(gw, init(101)))
                 assert r.status == 200, r.body
                 assert r.message()["id"] == 101
-            finally:
-                await c.close()
-            c2 = await connect(gw)
-            try:
+            async with connected(gw) as c2:
                 r2 = await c2.exchange(get(gw, "/healthz"))
                 assert r2.status == 200
-            finally:
-                await c2.close()
             assert await e.handovers() == 0
         finally:
             if e.metrics is not None:
