@@ -29,19 +29,17 @@ class ClientGuard:
         self._params = compiled.ddos
         self._rate = compiled.ip
         self._store = limiter.ip_store
-        # nothing is allowlisted under an empty allowlist: the per-IP cache lookup is skipped
-        self._allowlist = bool(compiled.ddos.allowlist)
 
     async def __call__(self, ctx: RequestContext) -> None:
         ip = ctx.client_ip
         blocker = self._blocker
         if self._ddos:
             left = blocker.blocked_for(ip)
-            if left > 0 and not (self._allowlist and blocker.allowlisted(ip, self._params)):
+            if left > 0 and not blocker.allowlisted(ip, self._params):
                 self._limiter.metrics.ip_blocked_requests.inc()
                 raise IpBlocked("client IP is temporarily blocked", retry_after=left, data={"limit": "ip_block"})
         rate = self._rate
-        if rate is None or (self._allowlist and blocker.allowlisted(ip, self._params)):
+        if rate is None or blocker.allowlisted(ip, self._params):
             return
         # the store's single-tier path: nothing is allocated for an admitted request (the common case by far)
         result = self._store.refusal_one("ip", ip, rate.interval, rate.burst, 1, rate.shadow)

@@ -20,7 +20,7 @@ from gateway.errors import ConcurrencyLimited, RateLimited
 from gateway.jsonrpc import Kind
 from gateway.policy.snapshot import Snapshot
 from gateway.ratelimit.compiled import CompiledLimits
-from gateway.ratelimit.gcra import SlotCheck, SlotHold, TierCheck, Verdict
+from gateway.ratelimit.gcra import SlotCheck, SlotHold, TierCheck, TierResult, Verdict
 from gateway.ratelimit.headers import add_limit_headers, limit_headers, policy_value, ratelimit_value, tightest
 from gateway.ratelimit.install import LIMITER
 from gateway.ratelimit.service import RateLimiter
@@ -201,15 +201,11 @@ class RateLimitFilter:
                 child.inc()
                 ctx.cost = cost
                 ctx.notes["ratelimit_backend"] = MemoryStore.name
-                headers = ctx.response_headers
-                if plan.policy:
-                    headers["RateLimit-Policy"] = plan.policy
-                if got is not None:
-                    headers["RateLimit"] = ratelimit_value(got)
+                _advertise(ctx.response_headers, plan, got)
                 return
             verdict = got
         else:
-            if ctx.session_id is not None and backend.redis is not None and not backend.degraded:
+            if backend.using_redis:
                 self._prefetch_session(ctx)
             verdict = await backend.decide(tiers, slots, c.slot_ttl, c.fail_mode, c.fallback_share)
         metrics = limiter.metrics
@@ -246,15 +242,18 @@ class RateLimitFilter:
                 add_limit_headers(ctx.response_headers, verdict.tiers)
             else:
                 # the store's results carry the plan's tiers' bursts and intervals: the policy value is the plan's
-                headers = ctx.response_headers
-                if plan.policy:
-                    headers["RateLimit-Policy"] = plan.policy
-                best = tightest(verdict.tiers)
-                if best is not None:
-                    headers["RateLimit"] = ratelimit_value(best)
+                _advertise(ctx.response_headers, plan, tightest(verdict.tiers))
         hold = verdict.hold
         if hold is not None:
             ctx.releases.append(_releaser(limiter, hold))
+
+
+def _advertise(headers: dict[str, str], plan: TierPlan, best: TierResult | None) -> None:
+    """The RateLimit headers of an admitted request: the plan's policy, and the tier closest to refusing."""
+    if plan.policy:
+        headers["RateLimit-Policy"] = plan.policy
+    if best is not None:
+        headers["RateLimit"] = ratelimit_value(best)
 
 
 def _releaser(limiter: RateLimiter, hold: SlotHold) -> Callable[[], None]:

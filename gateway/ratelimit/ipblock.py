@@ -72,6 +72,8 @@ class IpBlocker:
         return left
 
     def allowlisted(self, ip: str, params: DdosParams) -> bool:
+        if not params.allowlist:
+            return False  # nothing to match: no parse, and no cache entry per client IP
         hit = self._allow_cache.get(ip)
         if hit is None:
             try:

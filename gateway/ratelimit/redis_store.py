@@ -29,11 +29,8 @@ def script_source(name: str) -> str:
 
 
 class PackedCall(NamedTuple):
-    sha: str
     cmd: tuple[str | int | float, ...]
     data: bytes  # pack(cmd)
-    keys: list[str]
-    args: list[str | int | float]
 
 
 class LuaScript:
@@ -61,18 +58,18 @@ class LuaScript:
         if self._hot is None:
             return None
         cmd = ("EVALSHA", self.sha, len(keys), *keys, *args)
-        return PackedCall(self.sha, cmd, pack(cmd), list(keys), list(args))
+        return PackedCall(cmd, pack(cmd))
 
     async def call_packed(self, call: PackedCall) -> object:
-        """`self(call.keys, call.args)` sending the bytes packed earlier (the script's sha is checked first)."""
+        """The call `packed()` made, sending its bytes again. They never go stale: the sha in them is the source's
+        SHA1, which is also what SCRIPT LOAD answers after a NOSCRIPT."""
         hot = self._hot
-        if hot is None or call.sha != self.sha:
-            return await self(call.keys, call.args)
+        assert hot is not None  # packed() returns None without the hot-path connection
         try:
             return await hot.execute_packed(call.cmd, call.data)
         except NoScriptError:
             self.sha = await self._client.script_load(self.source)
-            return await self._evalsha(call.keys, call.args)
+            return await hot.execute_packed(call.cmd, call.data)
 
     async def __call__(self, keys: Sequence[str], args: Sequence[str | int | float]) -> object:
         hot = self._hot
@@ -122,9 +119,7 @@ class RedisLimiterStore:
 
     def parse_result(self, tiers: Sequence[TierCheck], raw: object) -> tuple[bool, int, list[TierResult]]:
         """(admitted, 1-based index of the refusing slot or 0, per-tier results) from decide.lua's answer."""
-        assert isinstance(raw, list)
-        if not all(type(x) is int for x in raw):
-            raw = [int(x) for x in raw]  # Lua's numbers arrive as RESP integers; anything else is converted as before
+        assert isinstance(raw, list)  # of ints: every value decide.lua returns is a Lua number, a RESP integer
         results: list[TierResult] = []
         o = 2
         for t in tiers:
@@ -138,7 +133,7 @@ class RedisLimiterStore:
 
     def _packed_call(self, tiers: Sequence[TierCheck], slot_ttl: float) -> PackedCall | None:
         entry = self._calls.get(id(tiers))
-        if entry is not None and entry[0] is tiers and entry[1] == slot_ttl and entry[2].sha == self._decide.sha:
+        if entry is not None and entry[0] is tiers and entry[1] == slot_ttl:
             return entry[2]
         keys, args = self.script_call(tiers, (), slot_ttl, "")
         call = self._decide.packed(keys, args)

@@ -96,11 +96,8 @@ class FairShares:
         self._labelled: set[str] = set()
         self.computed = 0  # completed recomputations (for tests and readiness of the first shares)
 
-    def record(self, tenant: str, cost: float) -> None:
-        self._counts[tenant] += cost
-
     def charge(self, tenant: str, cost: float) -> float | None:
-        """`record(tenant, cost)` then `share(tenant)`, in one call: the rate-limit stage does both per request."""
+        """Count the tenant's request cost, then `share(tenant)`: the rate-limit stage does both per request."""
         self._counts[tenant] += cost
         got = self._shares.get(tenant)
         if got is not None and self._current is not None:

@@ -90,11 +90,26 @@ async def test_concurrent_commands_get_their_own_replies(shared: tuple[RedisMux,
 async def test_commands_of_one_iteration_are_queued_together(shared: tuple[RedisMux, aioredis.Redis, str]) -> None:
     mux, _, _ = shared
     await mux.connect()
-    futures = [mux.execute("ECHO", i) for i in range(32)]
-    # nothing has been written yet: the 32 go out in one write when the loop turns
-    assert mux.in_flight == 32
-    assert await asyncio.gather(*futures) == [str(i).encode() for i in range(32)]
-    assert mux.in_flight == 0
+    conn = mux._conn
+    assert conn is not None and conn._transport is not None
+    transport = conn._transport
+    writes: list[bytes] = []
+    real_write = transport.write
+
+    def counting_write(data: bytes) -> None:
+        writes.append(data)
+        real_write(data)
+
+    cast(Any, transport).write = counting_write
+    try:
+        futures = [mux.execute("ECHO", i) for i in range(32)]
+        assert writes == []  # nothing written yet: the 32 go out in one write when the loop turns
+        assert mux.in_flight == 32
+        assert await asyncio.gather(*futures) == [str(i).encode() for i in range(32)]
+        assert len(writes) == 1 and writes[0].count(b"ECHO") == 32
+        assert mux.in_flight == 0
+    finally:
+        cast(Any, transport).write = real_write
 
 
 async def test_error_replies_and_bad_arguments(shared: tuple[RedisMux, aioredis.Redis, str]) -> None:
@@ -360,11 +375,12 @@ async def test_limiter_over_the_mux_falls_back_and_returns(private_redis: RedisI
         await client.aclose()
 
 
-async def test_limiter_queue_full_is_decided_locally(redis_url: str) -> None:
-    client = aioredis.Redis.from_url(redis_url)
+async def test_limiter_queue_full_is_decided_locally(
+    redis_url: str, shared: tuple[RedisMux, aioredis.Redis, str]
+) -> None:
+    _, client, prefix = shared  # the shared fixture cleans the prefix up; this test needs its own small mux
     mux = mux_for(redis_url, max_pending=3)
     registry = CollectorRegistry()
-    prefix = f"mgwtest-mux:{uuid.uuid4().hex[:8]}:"
     backend = LimiterBackend(RedisLimiterStore(client, prefix, hot=mux), RateLimitMetrics(registry))
     try:
         await mux.connect()
@@ -374,11 +390,7 @@ async def test_limiter_queue_full_is_decided_locally(redis_url: str) -> None:
         errors = registry.get_sample_value("mcp_gateway_ratelimit_store_errors_total", {"operation": "pool_exhausted"})
         assert errors is not None and errors > 0
     finally:
-        keys = [k async for k in client.scan_iter(f"{prefix}*")]
-        if keys:
-            await client.delete(*keys)
         await mux.aclose()
-        await client.aclose()
 
 
 async def test_session_store_over_the_mux_survives_redis_going_away(private_redis: RedisInstance) -> None:

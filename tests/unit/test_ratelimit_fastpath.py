@@ -218,18 +218,20 @@ def test_filter_fast_path_answers_like_the_general_path(limits: dict[str, Any], 
     samples = _samples(fast_limiter)
     assert samples == _samples(general_limiter)
     counted = {(labels["tier"], labels["mode"]) for name, labels, v in samples if "refusals" in name and v}
-    assert expected <= counted
+    assert expected <= counted  # at least these tiers refused (a tight global also starves a tenant's share)
+    if not expected:
+        assert not counted  # loose limits everywhere: nothing was refused
     assert any(labels["result"] == "allowed" and v for name, labels, v in samples if "decisions" in name)
 
 
-def test_fair_charge_is_record_then_share() -> None:
+def test_fair_charge_is_counting_then_share() -> None:
     params = FairParams(capacity=100.0, interval=1.0, active_window=5.0, headroom=0.2, weights={"acme": 2.0})
     current: list[FairParams | None] = [None]
     pair = [FairShares(lambda: current[0], RateLimitMetrics(CollectorRegistry())) for _ in range(2)]
     charged, recorded = pair
 
     def both(tenant: str, cost: int) -> None:
-        recorded.record(tenant, cost)
+        recorded._counts[tenant] += cost  # what charge() records, done by hand on the other side
         assert charged.charge(tenant, cost) == recorded.share(tenant)
         assert charged._counts == recorded._counts
 
