@@ -189,7 +189,7 @@ class UpstreamUnavailable(GatewayError):
     default_reason = "upstream_unreachable"
 
 
-class UpstreamPoolExhausted(UpstreamUnavailable):
+class UpstreamPoolExhausted(RetryableRefusal, UpstreamUnavailable):
     """No pooled connection to the upstream came free within the pool's max wait. The request was never sent, so it
     stays retryable like any never-delivered request; but the limit reached is the gateway's own connection cap,
     not the upstream failing, so the client gets 503 and a time to come back instead of a 502 that would blame the
@@ -197,12 +197,6 @@ class UpstreamPoolExhausted(UpstreamUnavailable):
 
     status = 503
     default_reason = "upstream_pool_exhausted"
-
-    def __init__(self, message: str, *, retry_after: float = 1.0, **kw: Any) -> None:
-        super().__init__(message, **kw)
-        seconds = max(1, math.ceil(retry_after))
-        self.headers.setdefault("Retry-After", str(seconds))
-        self.data.setdefault("retryAfterSeconds", seconds)
 
 
 class UpstreamProtocolError(GatewayError):

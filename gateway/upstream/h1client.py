@@ -23,7 +23,6 @@ from functools import lru_cache
 from typing import NamedTuple, cast
 from urllib.parse import quote, unquote, urlsplit
 
-import aiohttp
 import httptools
 from aiohttp.tcp_helpers import tcp_nodelay
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -73,9 +72,7 @@ class H1ProtocolError(H1Error):
     """The upstream's answer is not valid HTTP/1.1."""
 
 
-# The body errors are also aiohttp payload errors so code written against aiohttp's responses (the legacy SSE relay
-# catches ClientPayloadError) handles them unchanged.
-class H1BodyError(H1Error, aiohttp.ClientPayloadError):
+class H1BodyError(H1Error):
     """The answer's body broke off: the connection closed or reset early, or the body was malformed."""
 
 
@@ -173,10 +170,6 @@ class H1Body:
         if not data:
             raise StopAsyncIteration
         return data
-
-    @property
-    def at_eof(self) -> bool:
-        return self._eof and not self._chunks
 
     async def readany(self) -> bytes:
         while True:
@@ -369,6 +362,13 @@ class H1Connection(asyncio.Protocol):
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
             self._fail(H1ProtocolError("upstream switched protocols"))
+        except httptools.HttpParserCallbackError as exc:
+            # httptools replaces what a callback raised with "User callback error": keep the callback's own reason
+            cause = exc.__context__
+            if isinstance(cause, H1ProtocolError):
+                self._fail(cause)
+            else:
+                self._fail(H1ProtocolError(f"invalid HTTP answer: {exc}"))
         except httptools.HttpParserError as exc:
             self._fail(H1ProtocolError(f"invalid HTTP answer: {exc}"))
 
@@ -433,10 +433,7 @@ class H1Connection(asyncio.Protocol):
         if not chunked:
             raw = headers.get("Content-Length")
             if raw is not None:
-                try:
-                    length = int(raw)
-                except ValueError:
-                    raise H1ProtocolError("invalid Content-Length") from None
+                length = int(raw)  # llhttp has already refused a malformed, negative or repeated Content-Length
         self._until_close = length is None and not chunked and status not in (204, 304)
         fut = self._headers_fut
         self._headers_fut = None

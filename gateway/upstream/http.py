@@ -81,7 +81,7 @@ class HttpForwarder:
             self._failed(ctx, url, "connect", start)
             raise UpstreamPoolExhausted(
                 "every connection to the upstream stayed busy; try again shortly",
-                retry_after=max(1.0, server.pool.max_wait_seconds),
+                retry_after=server.pool.max_wait_seconds,  # Retry-After is at least 1 s (RetryableRefusal)
                 data={"detail": type(exc).__name__},
             ) from None
         except H1ConnectError as exc:

@@ -78,13 +78,16 @@ class UpstreamPools:
     def stats(self) -> dict[str, dict[str, int]]:
         """In-use, idle and waiting connection counts and the limit per upstream origin (for metrics)."""
         out: dict[str, dict[str, int]] = {}
-        for (origin, _, _), h1 in self._h1.items():
-            in_use, idle, waiting = h1.stats()
+
+        def add(origin: str, in_use: int, idle: int, waiting: int, limit: int) -> None:
             entry = out.setdefault(origin, {"in_use": 0, "idle": 0, "waiting": 0, "limit": 0})
             entry["in_use"] += in_use
             entry["idle"] += idle
             entry["waiting"] += waiting
-            entry["limit"] += h1.limit
+            entry["limit"] += limit
+
+        for (origin, _, _), h1 in self._h1.items():
+            add(origin, *h1.stats(), h1.limit)
         for key, sess in self._sessions.items():
             conn = sess.connector
             if conn is None:
@@ -92,11 +95,7 @@ class UpstreamPools:
             acquired = len(getattr(conn, "_acquired", ()))
             idle = sum(len(v) for v in getattr(conn, "_conns", {}).values())
             waiting = sum(len(v) for v in getattr(conn, "_waiters", {}).values())
-            entry = out.setdefault(key.origin, {"in_use": 0, "idle": 0, "waiting": 0, "limit": 0})
-            entry["in_use"] += acquired
-            entry["idle"] += idle
-            entry["waiting"] += waiting
-            entry["limit"] += key.max_connections
+            add(key.origin, acquired, idle, waiting, key.max_connections)
         return out
 
     async def close(self) -> None:

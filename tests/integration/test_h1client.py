@@ -375,13 +375,13 @@ async def test_idle_connection_closed_by_the_upstream_is_dropped_from_the_pool()
 async def test_first_byte_timeout() -> None:
     async def handler(conn: Conn) -> None:
         await conn.request()
-        await asyncio.sleep(5)
+        await asyncio.Event().wait()  # never answers, never closes: only the client can end this connection
 
     async with serve(handler) as srv, pooled(srv.url) as pool:
         with pytest.raises(H1ResponseTimeout):
             await get(pool, srv.url, first_byte=0.2)
         assert pool.stats() == (0, 0, 0)
-        assert await srv.conns[0].closed_by_peer()
+        assert await asyncio.wait_for(srv.conns[0].closed_by_peer(), 2)
 
 
 async def test_idle_timeout_mid_body_is_not_reset_by_the_readers_own_timeouts() -> None:
