@@ -35,9 +35,15 @@ def canonical(record: dict[str, Any]) -> bytes:
     return orjson.dumps(body, option=orjson.OPT_SORT_KEYS)
 
 
+def chain_hash(prev: str, body: bytes) -> str:
+    """The one formula: sha256(prev_hash || "\\n" || canonical body). The writer seals and `verify` checks with it."""
+    digest = hashlib.sha256(prev.encode() + b"\n")
+    digest.update(body)  # not `prev + body`: that copies the ~1 KB body once more
+    return digest.hexdigest()
+
+
 def record_hash(record: dict[str, Any]) -> str:
-    prev = str(record.get("prev_hash") or "")
-    return hashlib.sha256(prev.encode() + b"\n" + canonical(record)).hexdigest()
+    return chain_hash(str(record.get("prev_hash") or ""), canonical(record))
 
 
 def new_writer_id() -> str:
@@ -59,11 +65,8 @@ class HashChain:
         record["writer_id"] = self.writer_id
         record["seq"] = self.seq
         record["prev_hash"] = prev = self.prev
-        # record_hash(record), knowing what it would look up: `hash` is not set yet and prev_hash is a str
-        body = orjson.dumps(record, option=orjson.OPT_SORT_KEYS)
-        digest = hashlib.sha256(prev.encode() + b"\n")
-        digest.update(body)  # not `prev + body`: that copies the ~1 KB body once more
-        record["hash"] = h = digest.hexdigest()
+        # `hash` is not set yet, so canonical() dumps the record itself, without a copy
+        record["hash"] = h = chain_hash(prev, canonical(record))
         self.prev = h
         return record
 

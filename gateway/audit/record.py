@@ -8,6 +8,7 @@ session id, formatting times, computing the risk level) happens later in the wri
 from __future__ import annotations
 
 import fnmatch
+import functools
 import hashlib
 import os
 import time
@@ -17,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.audit.sanitize import SanitizeLimits, clean_text, redact_text, sanitize
 from gateway.auth.scopes import required_scope
-from gateway.memo import Memo
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -72,13 +72,11 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # "YYYY-MM-DDTHH:MM:SS" by second: strftime is the costly part. A record's two times (ts, started_at) usually
-# share a second but not always, and a one-entry cache thrashed between them; bounded like the memos below.
-def _second_head(sec: int) -> str:
+# share a second but not always, and a one-entry cache thrashed between them; a record's two timestamps fall in the
+# same few seconds as the records around it.
+@functools.lru_cache(maxsize=64)
+def _ts_secs(sec: int) -> str:
     return (EPOCH + timedelta(seconds=sec)).strftime("%Y-%m-%dT%H:%M:%S")
-
-
-# a record's two timestamps fall in the same few seconds as the records around it
-_ts_secs: Memo[int, str] = Memo(_second_head, 64)
 
 
 def format_ts(us: int) -> str:
@@ -204,26 +202,29 @@ class RiskRules:
         self._methods = dict(rules.methods)
         self._tool_exact = {k: v for k, v in rules.tools.items() if not any(c in k for c in "*?[")}
         self._tool_globs = [(k, v) for k, v in rules.tools.items() if any(c in k for c in "*?[")]
-        self._levels: dict[tuple[Any, ...], str] = {}
+        # one client calling one tool repeats the same arguments record after record: one lookup instead of the
+        # rule walk (and the glob matches), per instance (the rules are this instance's)
+        self._level_of = functools.lru_cache(maxsize=_MEMO_MAX)(self._level)
 
     def level(self, ev: AuditEvent, decision: str) -> str:
-        # the level is a function of these few fields only, and one client calling one tool repeats them record
-        # after record: one lookup instead of the rule walk (and the glob matches). Bounded like the memos below.
         status = ev.upstream_status
-        key = (ev.admin, ev.rpc_method, ev.tool, decision, ev.refused_stage, status is not None and status >= 500)
-        level = self._levels.get(key)
-        if level is None:
-            level = self._level(ev, decision)
-            if len(self._levels) >= _MEMO_MAX:
-                self._levels.clear()
-            self._levels[key] = level
-        return level
+        return self._level_of(
+            ev.admin, ev.rpc_method, ev.tool, decision, ev.refused_stage, status is not None and status >= 500
+        )
 
-    def _level(self, ev: AuditEvent, decision: str) -> str:
+    def _level(
+        self,
+        admin: bool,
+        method: str | None,
+        tool: str | None,
+        decision: str,
+        refused_stage: str | None,
+        upstream_5xx: bool,
+    ) -> str:
+        """The level from exactly the fields it depends on (so the memo above can never answer for another)."""
         r = self._r
         level: str = r.default
-        method = ev.rpc_method
-        if ev.admin:
+        if admin:
             level = _max(level, r.admin)
         if method is not None and method != "batch" and not method.startswith("notifications/"):
             scope = required_scope(method)
@@ -234,16 +235,16 @@ class RiskRules:
             override = self._methods.get(method)
             if override is not None:
                 level = _max(level, override)
-        if ev.tool is not None:
-            exact = self._tool_exact.get(ev.tool)
+        if tool is not None:
+            exact = self._tool_exact.get(tool)
             if exact is not None:
                 level = _max(level, exact)
             for pattern, lvl in self._tool_globs:
-                if fnmatch.fnmatchcase(ev.tool, pattern):
+                if fnmatch.fnmatchcase(tool, pattern):
                     level = _max(level, lvl)
         if decision == "refused":
-            level = _max(level, r.auth_failure if ev.refused_stage in AUTH_STAGES else r.refused)
-        elif decision == "error" or (ev.upstream_status is not None and ev.upstream_status >= 500):
+            level = _max(level, r.auth_failure if refused_stage in AUTH_STAGES else r.refused)
+        elif decision == "error" or upstream_5xx:
             level = _max(level, r.upstream_error)
         return level
 
@@ -269,18 +270,17 @@ def new_record_id() -> str:
 
 
 # Deterministic per-value results worth remembering: a few sessions and upstream URLs recur in every batch.
-# Bounded: emptied when full, so hostile values can only cost a recomputation, never memory.
+# Bounded (least recently used out first), so hostile values can only cost a recomputation, never memory.
 _MEMO_MAX = 4096
 
 
-def _hash_session(session_id: str) -> str:
+@functools.lru_cache(maxsize=_MEMO_MAX)
+def hash_session(session_id: str) -> str:
     return hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-hash_session: Memo[str, str] = Memo(_hash_session, _MEMO_MAX)
-
-
-def _strip_upstream(url: str) -> str:
+@functools.lru_cache(maxsize=_MEMO_MAX)
+def _clean_upstream(url: str) -> str:
     # upstream URLs may carry credentials in userinfo or query (tokens): keep scheme, host and path only
     scheme, sep, rest = url.partition("://")
     if not sep:
@@ -288,9 +288,6 @@ def _strip_upstream(url: str) -> str:
     hostpart, slash, path = rest.partition("/")
     host = hostpart.rpartition("@")[2]
     return clean_text(f"{scheme}://{host}{slash}{path.split('?', 1)[0].split('#', 1)[0]}", 512)
-
-
-_clean_upstream: Memo[str, str] = Memo(_strip_upstream, _MEMO_MAX)
 
 
 def _opt(text: str | None, max_len: int = 256) -> str | None:
@@ -303,7 +300,8 @@ _What = tuple[str | None, str | None, str | None, str | None]
 # the same values in record after record, and one lookup replaces a dozen cleanups. Bounded like the memos above.
 
 
-def _clean_who(who: _Who) -> _Who:
+@functools.lru_cache(maxsize=_MEMO_MAX)
+def _whos(who: _Who) -> _Who:
     tenant, principal, key_id, auth_method, client_ip, server, transport, http_method = who
     return (
         _opt(tenant, 128),
@@ -317,13 +315,10 @@ def _clean_who(who: _Who) -> _Who:
     )
 
 
-def _clean_what(what: _What) -> _What:
+@functools.lru_cache(maxsize=_MEMO_MAX)
+def _whats(what: _What) -> _What:
     rpc_method, tool, stage, reason = what
     return (_opt(rpc_method, 128), _opt(tool, 256), _opt(stage, 64), _opt(reason, 128))
-
-
-_whos: Memo[_Who, _Who] = Memo(_clean_who, _MEMO_MAX)
-_whats: Memo[_What, _What] = Memo(_clean_what, _MEMO_MAX)
 
 
 def build_record(ev: AuditEvent, ts_us: int, risk: RiskRules, limits: SanitizeLimits) -> dict[str, Any]:

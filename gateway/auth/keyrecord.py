@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import lru_cache
 
@@ -46,6 +46,21 @@ class KeyRecord:
     revoked: bool
     tools: ToolMatcher | None
     source: str  # "policy" or "postgres"
+    # who a request with this key is: made once per record from its fields (immutable, so requests share it)
+    principal: Principal = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        principal = Principal(
+            tenant=self.tenant,
+            subject=f"key:{self.id}",
+            role=self.role,
+            scopes=self.scopes,
+            key_id=self.id,
+            method="api_key",
+            tools=self.tools,
+            expires_at=self.expires_at,
+        )
+        object.__setattr__(self, "principal", principal)  # frozen: set once, here
 
     def ip_allowed(self, client_ip: str) -> bool:
         if not self.networks:
@@ -65,16 +80,7 @@ class KeyRecord:
         if not self.ip_allowed(client_ip):
             # the key is genuine but not usable from here: a refusal of who, not a failure to prove it
             raise Forbidden("API key not allowed from this address", reason="key_ip_not_allowed")
-        return Principal(
-            tenant=self.tenant,
-            subject=f"key:{self.id}",
-            role=self.role,
-            scopes=self.scopes,
-            key_id=self.id,
-            method="api_key",
-            tools=self.tools,
-            expires_at=self.expires_at,
-        )
+        return self.principal
 
 
 def tool_matcher(allow: Sequence[str], deny: Sequence[str], shadow: bool) -> ToolMatcher | None:

@@ -23,6 +23,8 @@ from gateway.audit.sanitize import SanitizeLimits
 from gateway.audit.throughput import _context
 from gateway.settings import AuditSettings
 
+pytestmark = pytest.mark.unit
+
 
 def _reference_row(rec: dict[str, Any]) -> tuple[Any, ...]:
     row: list[Any] = []
@@ -165,9 +167,10 @@ def test_raw_log_write_puts_the_bytes_print_would(tmp_path: Path, unbuffered: bo
 def test_memoized_risk_level_is_the_rule_walk() -> None:
     from gateway.settings import AuditRiskRules
 
-    rules = RiskRules(
-        AuditRiskRules(methods={"resources/read": "high"}, tools={"delete_*": "critical", "add": "low", "x?": "high"})
+    config = AuditRiskRules(
+        methods={"resources/read": "high"}, tools={"delete_*": "critical", "add": "low", "x?": "high"}
     )
+    rules = RiskRules(config)
     ev = capture(_context(0))
     seen = set()
     for admin in (False, True):
@@ -178,7 +181,7 @@ def test_memoized_risk_level_is_the_rule_walk() -> None:
                         for decision in ("allowed", "refused", "error", "cancelled"):
                             ev.admin, ev.rpc_method, ev.tool = admin, method, tool
                             ev.refused_stage, ev.upstream_status = stage, status
-                            want = rules._level(ev, decision)
+                            want = RiskRules(config).level(ev, decision)  # a fresh instance: the rule walk
                             assert rules.level(ev, decision) == want  # first call fills the memo
                             assert rules.level(ev, decision) == want  # the second is served from it
                             seen.add(want)
