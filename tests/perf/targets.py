@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway.db.scratch import with_db
 from tests.harness import PYTHON, ROOT, Gateway, Proc, free_port, start_gateway, wait_port
 
 SHARED_REDIS_URL = os.environ.get("MGW_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -201,11 +202,6 @@ class Backends:
     notes: dict[str, Any] = field(default_factory=dict)
 
 
-def _admin_dsn_for(db_name: str) -> str:
-    head, _, _ = SHARED_PG_ADMIN_DSN.rpartition("/")
-    return f"{head}/{db_name}"
-
-
 def create_database(db_name: str) -> str:
     """CREATE DATABASE on the shared server (raises when PostgreSQL is not there); returns its DSN."""
     import asyncio
@@ -220,7 +216,7 @@ def create_database(db_name: str) -> str:
             await conn.close()
 
     asyncio.run(create())
-    return _admin_dsn_for(db_name)
+    return with_db(SHARED_PG_ADMIN_DSN, db_name)
 
 
 def drop_database(db_name: str) -> None:
