@@ -69,7 +69,12 @@ async def test_shadow_limit_and_rule_refuse_nothing_but_are_counted_and_audited(
                 else []
             )
             calls = [r for r in records if r.get("rpc_method") == "tools/call"]
-            if len(calls) == CALLS or time.monotonic() > deadline:
+            async with httpx.AsyncClient() as c:
+                counted = decision_counts((await c.get(f"{gw.base}/metrics")).text, "allowed")
+            # the session's teardown (DELETE, the end of its GET stream) is counted when it ends but reaches the
+            # audit file with the writer's next batch: wait until the file has caught up with what was counted
+            settled = counted.get("client_guard") == len(records)
+            if (len(calls) == CALLS and settled) or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.1)
         assert len(calls) == CALLS
