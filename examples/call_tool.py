@@ -1,22 +1,24 @@
 """Call a tool through the gateway with the official MCP Python SDK (the README quick start).
 
-.venv/bin/python examples/call_tool.py
+.venv/bin/python examples/call_tool.py                  # /mcp/example, the HTTP upstream
+.venv/bin/python examples/call_tool.py example-stdio    # /mcp/example-stdio, a stdio process the gateway runs
 """
 
 import asyncio
+import sys
 
 import httpx
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-GATEWAY = "http://127.0.0.1:8080/mcp/example"
+GATEWAY = "http://127.0.0.1:8080/mcp/"
 DEMO_KEY = "mgw_demo_devOnlyDemoSecret0123456789"  # development-only demo credential (policies/keys.yaml)
 
 
-async def main() -> None:
+async def main(server: str) -> None:
     async with (
         httpx.AsyncClient(headers={"Authorization": f"Bearer {DEMO_KEY}"}, timeout=30) as http,
-        streamable_http_client(GATEWAY, http_client=http) as (read, write, _),
+        streamable_http_client(GATEWAY + server, http_client=http) as (read, write, _),
         ClientSession(read, write) as session,
     ):
         await session.initialize()
@@ -27,4 +29,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "example"))

@@ -1,9 +1,10 @@
 """An example upstream MCP server built with the official `mcp` SDK (FastMCP).
 
-`make run` starts it on 127.0.0.1:9001 and the gateway routes `/mcp/example` to it. The e2e tests use it too:
-tools (including one that reports progress and one that asks the client a question), resources and prompts.
+`make run` starts it on 127.0.0.1:9001 and the gateway routes `/mcp/example` to it; the gateway also runs it as a
+stdio process per session for `/mcp/example-stdio` (policies/servers.yaml). The e2e tests use it too: tools
+(including one that reports progress and one that asks the client a question), resources and prompts.
 
-    python -m examples.example_server --port 9001 [--transport streamable-http|sse] [--json-response]
+    python -m examples.example_server --port 9001 [--transport streamable-http|sse|stdio] [--json-response]
 """
 
 from __future__ import annotations
@@ -14,17 +15,20 @@ import json
 import os
 
 from mcp.server.fastmcp import Context, FastMCP
+from mcp.server.streamable_http import EventStore
 from mcp.server.transport_security import TransportSecuritySettings
 from pydantic import BaseModel
 
 
-def build_server(host: str, port: int, json_response: bool = False) -> FastMCP:
+def build_server(host: str, port: int, json_response: bool = False, event_store: EventStore | None = None) -> FastMCP:
     mcp = FastMCP(
         "example",
         instructions="Example upstream behind the MCP gateway.",
         host=host,
         port=port,
         json_response=json_response,
+        # with an event store, streams can be resumed with Last-Event-ID
+        event_store=event_store,
         log_level="WARNING",
         # The gateway connects from loopback with the upstream's own Host header; keep the SDK's protection on
         # for any other host.
@@ -96,7 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9001)
-    parser.add_argument("--transport", choices=["streamable-http", "sse"], default="streamable-http")
+    parser.add_argument("--transport", choices=["streamable-http", "sse", "stdio"], default="streamable-http")
     parser.add_argument("--json-response", action="store_true")
     args = parser.parse_args()
     server = build_server(args.host, args.port, json_response=args.json_response)

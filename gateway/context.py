@@ -15,9 +15,19 @@ from gateway.jsonrpc import Envelope, JsonRpcId, Message
 
 if TYPE_CHECKING:
     from gateway.auth.principal import Principal
-    from gateway.h1server import AnyRequest
     from gateway.policy.servers import ServerPolicy
     from gateway.policy.snapshot import Snapshot
+    from gateway.responder import AnyRequest
+    from gateway.tracing.spans import RequestTrace
+
+# The chain's stage names, in order (gateway/chain.py explains each position). They live beside the context, not
+# beside the chain, because metrics, routing and audit name stages without depending on how the chain is built.
+STAGES: tuple[str, ...] = ("client_guard", "authn", "authz", "ratelimit", "breaker")
+CONNECT_STAGES: tuple[str, ...] = ("client_guard", "authn", "authz")
+MESSAGE_STAGES: tuple[str, ...] = ("authz", "ratelimit", "breaker")
+FORWARD_STAGE = "forward"
+# session refusals (unknown or foreign session id, session caps): after the stages, before anything is forwarded
+SESSION_STAGE = "session"
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,7 +36,9 @@ class UpstreamOutcome:
 
     upstream: str
     status: int | None  # HTTP status, None when no answer came
-    error: str | None  # "connect", "timeout", "reset", or None
+    # "connect", "timeout", "reset", "protocol", or None; "pool" when the gateway's own connection cap was hit
+    # (nothing was sent and the upstream did nothing wrong: breakers ignore it)
+    error: str | None
     latency: float  # seconds to the answer's headers (or to the failure)
 
 
@@ -76,6 +88,8 @@ class RequestContext:
     bytes_in: int = 0
     bytes_out: int = 0
     shadow: list[ShadowDecision] = field(default_factory=list)
+    # the audit journal's reference of this request (gateway/audit/journal.py), taken by its answer or its record
+    audit_ref: int | None = None
     # cost charged against rate limits (set by the ratelimit stage)
     cost: int = 0
     # cleanups to run when the request ends (release concurrency slots, ...); run in reverse order
@@ -86,6 +100,8 @@ class RequestContext:
     outcome_hooks: list[Callable[[UpstreamOutcome], None]] = field(default_factory=list)
     # rewrites JSON-RPC messages coming back from the upstream (e.g. filtering tools/list); None = relay bytes
     transform: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+    # this request's spans (gateway/tracing/spans.py); None whenever tracing is off: the one check on every path
+    trace: RequestTrace | None = None
 
     def report_outcome(self, outcome: UpstreamOutcome) -> None:
         hooks, self.outcome_hooks = self.outcome_hooks, []

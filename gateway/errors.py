@@ -136,10 +136,26 @@ class NotAcceptable(GatewayError):
     default_reason = "not_acceptable"
 
 
+class RequestTimeout(GatewayError):
+    """A request head or body that did not arrive in time (gateway/net/frontdoor.py)."""
+
+    status = 408
+    code = INVALID_REQUEST
+    default_reason = "request_timeout"
+
+
 class UnsupportedMediaType(GatewayError):
     status = 415
     code = INVALID_REQUEST
     default_reason = "unsupported_media_type"
+
+
+class MisdirectedRequest(GatewayError):
+    """A `Host` the gateway does not answer for (DNS rebinding, gateway/hosts.py): RFC 9110 421."""
+
+    status = 421
+    code = FORBIDDEN
+    default_reason = "bad_host"
 
 
 class RetryableRefusal(GatewayError):

@@ -1,9 +1,9 @@
 """`mcp-gateway explain`: what would the chain decide for this caller, server, method and tool?
 
-Builds the real chain (`gateway.chain.build_chain`) from a policy directory (the live one, or a candidate given
-with `--policies` before it is reloaded) on an app from `gateway.app.build_app`, with every backend forced to its
-embedded, in-process form: no listener, no Redis, no PostgreSQL, nothing written. Then each pre-forward stage
-runs in the fixed order on a synthetic request and prints its decision:
+Builds the real chain (`gateway.compose.build_chain`) from a policy directory (the live one, or a candidate given
+with `--policies` before it is reloaded) on a gateway from `gateway.compose.build_gateway`, with every backend
+forced to its embedded, in-process form: no listener, no Redis, no PostgreSQL, nothing written. Then each
+pre-forward stage runs in the fixed order on a synthetic request and prints its decision:
 
     allowed         the stage let the request through
     shadow-refused  a rule in `mode: shadow` would have refused (counted and audited in production, not enforced)
@@ -208,6 +208,8 @@ def embedded_settings(settings: Any, policies: Path | None) -> Any:
         "redis": settings.redis.model_copy(update={"url": None}),
         "postgres": settings.postgres.model_copy(update={"dsn": None, "reader_dsn": None}),
         "audit": settings.audit.model_copy(update={"sink": "log", "log_records": False}),
+        # nothing exported either: no tracer, no SDK loaded
+        "tracing": settings.tracing.model_copy(update={"enabled": False}),
         "policy_poll_seconds": 0.0,
     }
     if policies is not None:
@@ -216,16 +218,14 @@ def embedded_settings(settings: Any, policies: Path | None) -> Any:
 
 
 async def explain(settings: Any, req: ExplainRequest, policies: Path | None = None) -> Explanation:
-    from gateway.app import build_app
-    from gateway.chain import build_chain
+    from gateway.compose import build_chain, build_gateway
     from gateway.jsonrpc import parse_message
     from gateway.policy.loader import load_policy
 
     settings = embedded_settings(settings, policies)
     directory = settings.path(settings.policies_dir)
     snapshot = load_policy(directory)  # PolicyError propagates: the caller prints the problems
-    app = build_app(settings)
-    chain = build_chain(snapshot, app)
+    chain = build_chain(snapshot, build_gateway(settings))
 
     headers: CIMultiDict[str] = CIMultiDict(
         {

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from gateway.auth.scopes import READ_METHODS, WRITE_METHODS
+from gateway.bounds import RPC_ID_MAX
 from gateway.errors import InvalidRequest, ParseError
 
 JsonRpcId = str | int | None
@@ -173,13 +174,14 @@ def parse_message(body: bytes, protocol_version: str | None = None) -> Message:
 
 
 def best_effort_id(body: bytes) -> JsonRpcId:
-    """The request id to echo in an error for a body that failed validation, if one can be read."""
+    """The request id to echo in an error for a body that failed validation, if one can be read (an overlong
+    string id is kept with the refusal's audit record until it is written: it cannot be read, None)."""
     try:
         obj = orjson.loads(body)
     except Exception:
         return None
     if isinstance(obj, dict):
         rpc_id = obj.get("id")
-        if _valid_id(rpc_id):
+        if _valid_id(rpc_id) and not (isinstance(rpc_id, str) and len(rpc_id) > RPC_ID_MAX):
             return rpc_id
     return None

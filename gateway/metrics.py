@@ -11,6 +11,11 @@ with `MultiProcessCollector`, so counters are totals over all workers. Each gaug
 values combine (`multiprocess_mode`); values computed at scrape time (`set_function`, samplers, custom
 collectors) are copied into the shared files periodically, because a scrape served by one worker cannot call into
 the others.
+
+The standard process, platform and GC collectors (`process_*`, `python_info`, `python_gc_*`) are on the registry
+too; with workers their gauges show each live worker by `pid` and their counters are totals over all workers, like
+every other scrape-time value. prometheus-client's `_created` series (a counter's creation time) are left out
+unless `metrics.created_series` asks for them: they double the series count and nothing here reads them.
 """
 
 from __future__ import annotations
@@ -20,31 +25,47 @@ import contextlib
 import math
 import os
 from bisect import bisect_left
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 
 import structlog
 from aiohttp import web
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
 
 from gateway.auth.scopes import READ_METHODS, WRITE_METHODS
-from gateway.chain import CONNECT_STAGES, FORWARD_STAGE, MESSAGE_STAGES, STAGES
-from gateway.context import RequestContext
+from gateway.context import CONNECT_STAGES, FORWARD_STAGE, MESSAGE_STAGES, SESSION_STAGE, STAGES, RequestContext
+from gateway.loophold import background
+from gateway.pacing import Slice
+from gateway.toolnames import ToolLabels
+from gateway.version import PYTHON_VERSION, VERSION
 
 log = structlog.get_logger("gateway.metrics")
 
 KNOWN_METHODS = frozenset(READ_METHODS | WRITE_METHODS | {"batch", "notification", "response", "stream", "delete"})
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
-# set by the worker supervisor for each worker process (gateway/workers.py)
+# set by the worker supervisor for each worker process (gateway/net/workers.py)
 WORKER_INDEX_ENV = "MGW_WORKER_INDEX"
 # how often scrape-time values (sessions, pools, connections, function gauges) are written to the shared files
 SAMPLE_INTERVAL_SECONDS = 2.0
 
 Sampler = Callable[[], Awaitable[None] | None]
+# called just before a scrape is rendered; what it returns, just after (e.g. to reset a per-scrape maximum)
+ScrapeHook = Callable[[], Callable[[], None]]
 
 
 def method_label(ctx: RequestContext) -> str:
@@ -78,11 +99,24 @@ def worker_index() -> int:
 
 
 class GatewayMetrics:
-    def __init__(self, registry: CollectorRegistry | None = None, worker: int | None = None) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        worker: int | None = None,
+        *,
+        created_series: bool = False,
+        runtime_collectors: bool = False,
+    ) -> None:
         self.registry = registry or CollectorRegistry(auto_describe=True)
         self.worker = worker_index() if worker is None else worker
         self._multiproc_dir = multiprocess_dir()
+        self._created_series = created_series
         r = self.registry
+        if runtime_collectors:
+            # the library's own instances sit on its global registry; these are this registry's
+            ProcessCollector(registry=r)
+            PlatformCollector(registry=r)
+            GCCollector(registry=r)
         self.requests = Counter(
             "mcp_gateway_requests_total",
             "Requests handled, by server, MCP method and HTTP status",
@@ -132,6 +166,14 @@ class GatewayMetrics:
             registry=r,
             multiprocess_mode="livemax",
         )
+        self.build_info = Gauge(
+            "mcp_gateway_build_info",
+            "The gateway's version and Python version (value 1)",
+            ["version", "python"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
+        self.build_info.labels(VERSION, PYTHON_VERSION).set(1)
         self.worker_requests = Counter(
             "mcp_gateway_worker_requests_total",
             "Requests handled per worker process (index 0..workers-1): shows how the kernel spreads connections",
@@ -158,10 +200,24 @@ class GatewayMetrics:
             registry=r,
             multiprocess_mode="livesum",
         )
+        self.tool_requests = Counter(
+            "mcp_gateway_tool_requests_total",
+            "tools/call requests by server and tool (a tool the policy names, else _other)",
+            ["server", "tool"],
+            registry=r,
+        )
+        self.tool_refusals = Counter(
+            "mcp_gateway_tool_refusals_total",
+            "tools/call requests refused, by server, tool (a tool the policy names, else _other), stage and reason",
+            ["server", "tool", "stage", "reason"],
+            registry=r,
+        )
+        self._tool_labels = ToolLabels()
+        self._tool_children: dict[tuple[str, str], Any] = {}
         self.lean_handovers = Counter(
             "mcp_gateway_lean_handovers_total",
             "Client connections the lean HTTP server (http.fast_path) gave to aiohttp's server: a request that was "
-            "not a plain POST /mcp/{server} (GET streams, DELETE, WebSocket, admin, chunked or oversized bodies)",
+            "not a plain POST or GET /mcp/{server} (DELETE, WebSocket, admin, chunked or oversized bodies)",
             registry=r,
         )
         self._req_children: dict[tuple[str, str, str], Any] = {}
@@ -181,10 +237,13 @@ class GatewayMetrics:
             self.in_flight.set_function(lambda: self._in_flight)
         self._policy_version: str | None = None
         self._samplers: list[Sampler] = []
+        self._scrape_hooks: list[ScrapeHook] = []
         # multiprocess mode: copies of scrape-time collectors' gauges (see _mirror_collectors)
         self._mirror_registry = CollectorRegistry(auto_describe=False)
         self._mirrors: dict[str, tuple[Gauge, tuple[str, ...]]] = {}
         self._mirror_skipped: set[str] = set()
+        self._counter_mirrors: dict[str, tuple[Counter, tuple[str, ...]]] = {}
+        self._counter_seen: dict[tuple[str, tuple[tuple[str, str], ...]], float] = {}
 
     @property
     def multiprocess(self) -> bool:
@@ -222,6 +281,9 @@ class GatewayMetrics:
             if up is None:
                 up = self._up_children[server] = self.upstream_latency.labels(server)
         allowed = self._allowed_children(ctx)
+        envs = ctx.envelopes
+        if envs and (len(envs) > 1 or envs[0].method == "tools/call"):
+            self._observe_tools(ctx, server)
         if self._deferred:
             tally = self._tally
             tally[child] = tally.get(child, 0) + 1
@@ -243,6 +305,25 @@ class GatewayMetrics:
             self.decisions.labels(ctx.refused_stage, "refused", ctx.refused_reason).inc()
         for shadow in ctx.shadow:
             self.decisions.labels(shadow.stage, "shadow_refused", shadow.reason).inc()
+
+    def _observe_tools(self, ctx: RequestContext, server: str) -> None:
+        """The per-tool counters of each `tools/call` in the request (a refusal refuses every message in it)."""
+        refused = ctx.refused_stage is not None and ctx.refused_reason is not None and ctx.http_status != 499
+        for env in ctx.envelopes:
+            tool = env.tool
+            if tool is None:
+                continue
+            label = self._tool_labels.label(ctx.snapshot, tool)
+            key = (server, label)
+            child = self._tool_children.get(key)
+            if child is None:
+                child = self._tool_children[key] = self.tool_requests.labels(server, label)
+            if self._deferred:
+                self._tally[child] = self._tally.get(child, 0) + 1
+            else:
+                child.inc()
+            if refused:
+                self.tool_refusals.labels(server, label, ctx.refused_stage, ctx.refused_reason).inc()
 
     def _pending_observation(self, child: Any, amount: float) -> None:
         pending = self._tally_hist.get(child)
@@ -275,6 +356,8 @@ class GatewayMetrics:
             cut = len(stages)
         elif refused in stages:
             cut = stages.index(refused)
+        elif refused == SESSION_STAGE:
+            cut = len(stages) - 1 if stages[-1] == "breaker" else len(stages)  # refused where routing resolves
         elif refused == "parse" and stages[0] == "client_guard":
             cut = 1  # the body is parsed right after the client guard
         else:
@@ -303,6 +386,12 @@ class GatewayMetrics:
     def add_sampler(self, sampler: Sampler) -> None:
         """A callable that sets gauges from live state; run before every scrape and every few seconds."""
         self._samplers.append(sampler)
+
+    def add_scrape_hook(self, hook: ScrapeHook) -> None:
+        self._scrape_hooks.append(hook)
+
+    def scrape_started(self) -> list[Callable[[], None]]:
+        return [hook() for hook in self._scrape_hooks]
 
     async def refresh(self) -> None:
         self.flush()
@@ -352,6 +441,9 @@ class GatewayMetrics:
                 log.exception("collector failed", collector=type(collector).__name__)
                 continue
             for family in families:
+                if family.type == "counter":
+                    self._mirror_counter(family)
+                    continue
                 if family.type != "gauge":
                     if family.name not in self._mirror_skipped:
                         self._mirror_skipped.add(family.name)
@@ -374,10 +466,44 @@ class GatewayMetrics:
                         continue
                     (gauge.labels(**sample.labels) if names else gauge).set(sample.value)
 
+    def _mirror_counter(self, family: Metric) -> None:
+        # A scrape-time counter (process CPU seconds, GC collections) becomes a multiprocess counter advanced by
+        # what it gained since the last sample: /metrics then shows the total over every worker that ever ran, as
+        # for the gateway's own counters. A value that went down (a collector reset) adds nothing.
+        total = family.name + "_total"
+        for sample in family.samples:
+            if sample.name != total:
+                continue
+            names = tuple(sorted(sample.labels))
+            entry = self._counter_mirrors.get(family.name)
+            if entry is None:
+                counter = Counter(family.name, family.documentation, names, registry=self._mirror_registry)
+                entry = self._counter_mirrors[family.name] = (counter, names)
+            counter, expected = entry
+            if names != expected:
+                continue
+            key = (family.name, tuple(sorted(sample.labels.items())))
+            gained = sample.value - self._counter_seen.get(key, 0.0)
+            self._counter_seen[key] = sample.value
+            if gained > 0:
+                (counter.labels(**sample.labels) if names else counter).inc(gained)
+
     async def sample_forever(self, interval: float = SAMPLE_INTERVAL_SECONDS) -> None:
         while True:
             await self.refresh()
             await asyncio.sleep(interval)
+
+    async def render_paced(self) -> bytes:
+        """`render()` of one process, a metric family at a time in time slices: formatting every series in one go
+        held the event loop ~1 ms for the bench's 200 series, and a registry grows with servers and tenants."""
+        self.flush()
+        out: list[bytes] = []
+        slice_ = Slice()
+        for family in self.registry.collect():
+            out.append(generate_latest(_Families(self._shown(family))))
+            if slice_.spent():
+                await slice_.next()
+        return b"".join(out)
 
     def render(self) -> bytes:
         if self._multiproc_dir is not None:
@@ -385,7 +511,28 @@ class GatewayMetrics:
             MultiProcessCollector(merged, path=self._multiproc_dir)  # type: ignore[no-untyped-call]
             return generate_latest(merged)
         self.flush()
-        return generate_latest(self.registry)
+        return generate_latest(_Families(*(self._shown(f) for f in self.registry.collect())))
+
+    def _shown(self, family: Metric) -> Metric:
+        """`family` without its `_created` samples, unless they were asked for (`metrics.created_series`)."""
+        if self._created_series:
+            return family
+        created = family.name + "_created"
+        if not any(s.name == created for s in family.samples):
+            return family
+        shown = Metric(family.name, family.documentation, family.type, family.unit)
+        shown.samples = [s for s in family.samples if s.name != created]
+        return shown
+
+
+class _Families(Collector):
+    """Already collected metric families, for `generate_latest` (which formats what a collector yields)."""
+
+    def __init__(self, *families: Metric) -> None:
+        self._families = families
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families
 
 
 class _PendingObservations:
@@ -427,14 +574,17 @@ METRICS: web.AppKey[GatewayMetrics] = web.AppKey("metrics", GatewayMetrics)
 async def metrics_handler(request: web.Request) -> web.Response:
     metrics = request.app[METRICS]
     await metrics.refresh()
+    finished = metrics.scrape_started()
     # merging the workers' files is file I/O: keep it off the event loop
-    body = await asyncio.to_thread(metrics.render) if metrics.multiprocess else metrics.render()
+    body = await asyncio.to_thread(metrics.render) if metrics.multiprocess else await metrics.render_paced()
+    for done in finished:
+        done()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 async def sampler_ctx(app: web.Application) -> AsyncIterator[None]:
     """cleanup_ctx: keeps scrape-time gauges fresh in the shared files while the app runs."""
-    task = asyncio.create_task(app[METRICS].sample_forever(), name="metrics-sampler")
+    task = asyncio.create_task(background(app[METRICS].sample_forever(), "metrics-sampler"), name="metrics-sampler")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

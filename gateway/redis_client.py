@@ -1,25 +1,24 @@
 """The one shared redis.asyncio client (BlockingConnectionPool), or None when Redis is not configured.
 
-Subsystems (limiter, sessions, breaker state) read `app[REDIS]`; they must treat every Redis error as 'Redis is
-down' and degrade as their issue says (never a 5xx because Redis is gone).
+Subsystems (limiter, sessions, breaker state) are handed the holder by gateway/compose.py; they must treat every
+Redis error as 'Redis is down' and degrade as their issue says (never a 5xx because Redis is gone).
 
-The client carries the hot-path connection (`GatewayRedis.hot`, gateway/redis_mux.py) used for the two commands
+The client carries the hot-path connection (`GatewayRedis.hot`, gateway/net/redis_mux.py) used for the two commands
 every proxied call makes (the limiter's EVALSHA, the session GETEX): stores get it with the client they are already
-handed, and fall back to redis-py when it is absent (TLS, or a plain client in tests).
+handed, and fall back to redis-py when it is absent (`redis.multiplex: false`, TLS, or a plain client in tests).
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 import structlog
-from aiohttp import web
 from redis.exceptions import RedisError
 
-from gateway.ops import add_readiness_check
-from gateway.redis_mux import RedisMux
+from gateway.lifecycle import Lifecycle
+from gateway.net.redis_mux import RedisMux
+from gateway.probes import ReadinessCheck
 from gateway.settings import Settings
 
 log = structlog.get_logger("gateway.redis")
@@ -56,9 +55,6 @@ class RedisHolder:
         return hot_path(self.client) if self.client is not None else None
 
 
-REDIS: web.AppKey[RedisHolder] = web.AppKey("redis", RedisHolder)
-
-
 def make_client(settings: Settings) -> aioredis.Redis | None:
     url = settings.redis.url
     if not url:
@@ -73,6 +69,8 @@ def make_client(settings: Settings) -> aioredis.Redis | None:
         retry_on_timeout=False,
     )
     client = GatewayRedis(connection_pool=pool)
+    if not settings.redis.multiplex:
+        return client  # the request path's commands go through redis-py's pool like every other command
     client.hot = RedisMux.from_url(
         url,
         timeout=settings.redis.socket_timeout,
@@ -81,34 +79,39 @@ def make_client(settings: Settings) -> aioredis.Redis | None:
     return client
 
 
-def install_redis(app: web.Application, settings: Settings) -> None:
+def build_redis(settings: Settings) -> tuple[RedisHolder, Lifecycle]:
+    """The shared client (or none, embedded mode) and its lifecycle: the hot-path connection is opened before the
+    first request, so it does not pay for the handshake; Redis down is no reason not to start."""
     holder = RedisHolder(make_client(settings), settings.redis.key_prefix)
-    app[REDIS] = holder
 
-    if holder.client is not None:
-        client = holder.client
-
-        async def check() -> str | None:
-            try:
-                await client.ping()
-            except Exception as exc:
-                return f"redis: {type(exc).__name__}"
-            return None
-
-        # not required: without Redis the gateway falls back to its in-process stores (degraded, still serving)
-        add_readiness_check(app, "redis", check, required=False)
-
-    async def ctx(_: web.Application) -> AsyncIterator[None]:
+    async def start() -> None:
         hot = holder.hot
         if hot is not None:
-            # connected before the first request, so it does not pay for the handshake; Redis down is no reason
-            # not to start (the first commands reconnect)
             with contextlib.suppress(RedisError, OSError):
                 await hot.connect()
-        yield
+
+    async def stop() -> None:
+        hot = holder.hot
         if hot is not None:
             await hot.aclose()
         if holder.client is not None:
             await holder.client.aclose()
 
-    app.cleanup_ctx.append(ctx)
+    return holder, Lifecycle("redis", start, stop)
+
+
+def redis_readiness(holder: RedisHolder) -> ReadinessCheck | None:
+    """The /readyz check of a configured Redis; not required: without Redis the gateway falls back to its
+    in-process stores (degraded, still serving)."""
+    client = holder.client
+    if client is None:
+        return None
+
+    async def check() -> str | None:
+        try:
+            await client.ping()
+        except Exception as exc:
+            return f"redis: {type(exc).__name__}"
+        return None
+
+    return check

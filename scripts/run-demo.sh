@@ -11,5 +11,5 @@ for _ in $(seq 1 50); do
   (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
   sleep 0.1
 done
-echo "example upstream on http://127.0.0.1:$port/mcp (pid $example_pid); gateway on http://127.0.0.1:${MGW_PORT:-8080}/mcp/example"
+echo "example upstream on http://127.0.0.1:$port/mcp (pid $example_pid); gateway on http://127.0.0.1:${MGW_PORT:-8080}/mcp/example (and /mcp/example-stdio: the same server as a stdio process per session)"
 .venv/bin/mcp-gateway run --config config.yaml

@@ -1,4 +1,5 @@
-"""Admin API: `GET /admin/audit` queries audit records of the caller's tenant.
+"""Admin API: `GET /admin/audit` queries audit records of one tenant: the caller's (an operator may name another
+with `?tenant=`; a tenant admin naming another tenant is refused, 403 `tenant_mismatch`).
 
 Tenant scoping is PostgreSQL's job, not this module's: every query runs in a read-only transaction that switches
 to the `mgw_audit_reader` role (no BYPASSRLS, not the owner; the table has FORCE ROW LEVEL SECURITY) and sets
@@ -21,11 +22,12 @@ import orjson
 import structlog
 from aiohttp import web
 
-from gateway.admin.audited import audited_admin
+from gateway.admin.audited import AdminAction, AdminGate
+from gateway.admin.model import is_operator
 from gateway.audit.record import FIELDS, ts_from_datetime
 from gateway.audit.verify import record_from_row
 from gateway.auth.principal import Principal
-from gateway.errors import InvalidRequest, ServiceUnavailable
+from gateway.errors import Forbidden, InvalidRequest, ServiceUnavailable
 from gateway.settings import Settings
 
 log = structlog.get_logger("gateway.admin.audit")
@@ -63,9 +65,6 @@ class AuditReader:
             await conn.execute("SELECT set_config('app.tenant', $1, true)", tenant)
             rows: list[asyncpg.Record] = await conn.fetch(sql, *params)
             return rows
-
-
-AUDIT_READER: web.AppKey[AuditReader] = web.AppKey("audit_reader", AuditReader)
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,15 +169,23 @@ def parse_query(q: Any) -> AuditQuery:
     )
 
 
-async def _query(request: web.Request, principal: Principal) -> web.Response:
-    return await _answer(request, principal.tenant)
+def _query(gate: AdminGate, reader: AuditReader | None) -> AdminAction:
+    async def query(request: web.Request, principal: Principal) -> web.Response:
+        """A tenant admin reads its own tenant's trail; an operator any tenant's (`?tenant=`, default its own)."""
+        wanted = request.query.get("tenant") or None
+        if wanted is not None and (len(wanted) > 128 or not wanted.isprintable()):
+            raise InvalidRequest("tenant is too long or not text", reason="bad_query")
+        if wanted is not None and wanted != principal.tenant:
+            gate.set_target_tenant(request, wanted)
+            if not is_operator(principal):
+                raise Forbidden("the audit trail of another tenant", reason="tenant_mismatch", stage="authz")
+            return await _answer(reader, request, wanted)
+        return await _answer(reader, request, principal.tenant)
+
+    return query
 
 
-audit_query_handler = audited_admin("admin/audit.query", _query)
-
-
-async def _answer(request: web.Request, tenant: str | None) -> web.Response:
-    reader = request.app.get(AUDIT_READER)
+async def _answer(reader: AuditReader | None, request: web.Request, tenant: str | None) -> web.Response:
     if reader is None:
         raise ServiceUnavailable(
             "audit queries need PostgreSQL (postgres.dsn or postgres.reader_dsn)",
@@ -200,16 +207,16 @@ async def _answer(request: web.Request, tenant: str | None) -> web.Response:
     return web.Response(body=orjson.dumps(body), content_type="application/json", headers={"Cache-Control": "no-store"})
 
 
-def install_routes(app: web.Application, settings: Settings) -> None:
+def install_routes(app: web.Application, settings: Settings, gate: AdminGate) -> None:
     dsn = settings.postgres.reader_dsn or settings.postgres.dsn
+    reader: AuditReader | None = None
     if dsn is not None:
-        reader = AuditReader(dsn, settings.postgres.pool_size)
-        app[AUDIT_READER] = reader
+        reader = started = AuditReader(dsn, settings.postgres.pool_size)
 
         async def lifecycle(_: web.Application) -> AsyncIterator[None]:
-            await reader.start()
+            await started.start()
             yield
-            await reader.close()
+            await started.close()
 
         app.cleanup_ctx.append(lifecycle)
-    app.router.add_get("/admin/audit", audit_query_handler)
+    app.router.add_get("/admin/audit", gate.route("admin/audit.query", _query(gate, reader)))

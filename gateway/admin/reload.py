@@ -9,19 +9,16 @@ from __future__ import annotations
 import orjson
 from aiohttp import web
 
-from gateway.admin.audited import audited_admin
+from gateway.admin.audited import AdminGate
 from gateway.auth.principal import Principal
-from gateway.policy.store import POLICY
+from gateway.policy.store import PolicyStore
 
 
-async def _reload(request: web.Request, principal: Principal) -> web.Response:
-    result = await request.app[POLICY].reload("admin")
-    body = {"ok": result.ok, "version": result.version, "changed": result.changed, "errors": list(result.errors)}
-    return web.Response(status=200 if result.ok else 422, body=orjson.dumps(body), content_type="application/json")
+def add_routes(app: web.Application, gate: AdminGate, policy: PolicyStore) -> None:
+    async def reload(request: web.Request, principal: Principal) -> web.Response:
+        result = await policy.reload("admin")
+        body = {"ok": result.ok, "version": result.version, "changed": result.changed, "errors": list(result.errors)}
+        status = 200 if result.ok else 422
+        return web.Response(status=status, body=orjson.dumps(body), content_type="application/json")
 
-
-reload_handler = audited_admin("admin/reload", _reload)
-
-
-def install_routes(app: web.Application) -> None:
-    app.router.add_post("/admin/reload", reload_handler)
+    app.router.add_post("/admin/reload", gate.route("admin/reload", reload))

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import sys
 
 from gateway.audit.hashchain import VerifyReport
+from gateway.cli_errors import CliError, ExitCode
 
 
 def _print(report: VerifyReport, source: str) -> int:
@@ -21,27 +21,15 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     from gateway.audit.verify import verify_file, verify_postgres
 
     if args.file:
-        try:
-            report = verify_file(args.file)
-        except OSError as exc:
-            print(f"error: {args.file}: {exc.strerror}", file=sys.stderr)
-            return 2
-        return _print(report, args.file)
+        # a file that cannot be read: one line and exit 6 (gateway/cli_errors.py)
+        return _print(verify_file(args.file), args.file)
     from gateway.db.cli import config_dsn
 
     dsn = config_dsn(args)
     if not dsn:
-        print("error: give --file or --dsn (or set MGW_POSTGRES_DSN, or postgres.dsn in --config)", file=sys.stderr)
-        return 2
-    try:
-        report = asyncio.run(verify_postgres(dsn))
-    except (OSError, TimeoutError) as exc:
-        print(f"error: cannot reach PostgreSQL: {exc}", file=sys.stderr)
-        return 2
-    except Exception as exc:  # asyncpg errors: missing table, permission denied ...
-        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    return _print(report, "postgresql")
+        raise CliError("give --file or --dsn (or set MGW_POSTGRES_DSN, or postgres.dsn in --config)", ExitCode.USAGE)
+    # unreachable (exit 4), missing table or permission denied (exit 5): classified by gateway/cli_errors.py
+    return _print(asyncio.run(verify_postgres(dsn)), "postgresql")
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:

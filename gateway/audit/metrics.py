@@ -9,6 +9,11 @@ class AuditMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         r = registry
         self.queue_depth = Gauge("mcp_gateway_audit_queue_depth", "Audit records waiting in memory", registry=r)
+        self.queue_age = Gauge(
+            "mcp_gateway_audit_queue_age_seconds",
+            "Age of the oldest audit record waiting in memory (0 when none waits): how far the trail lags",
+            registry=r,
+        )
         self.spool_bytes = Gauge(
             "mcp_gateway_audit_spool_bytes", "Size of the local spool of records not yet in the sink", registry=r
         )

@@ -16,7 +16,9 @@ from typing import Any
 import asyncpg
 import orjson
 
+from gateway.audit.record import COLUMNS as RECORD_COLUMNS
 from gateway.audit.record import FIELDS, JSON_FIELDS, TIME_FIELDS
+from gateway.pacing import Slice, paced
 
 # PostgreSQL type of every record field (must agree with gateway/db/migrations/002_audit_records.sql)
 COLUMN_TYPES: dict[str, str] = {
@@ -35,13 +37,15 @@ COLUMN_TYPES: dict[str, str] = {
     "notes": "jsonb",
     "seq": "bigint",
 }
+# the columns of `to_row`, and those of `copy_row`: every field, then the trace ids (migration 006)
 COLUMNS = ", ".join(FIELDS)
+COPY_COLUMNS = ", ".join(RECORD_COLUMNS)
 STAGE_DDL = (
     "CREATE TEMP TABLE IF NOT EXISTS audit_stage ("
-    + ", ".join(f"{f} {COLUMN_TYPES.get(f, 'text')}" for f in FIELDS)
+    + ", ".join(f"{f} {COLUMN_TYPES.get(f, 'text')}" for f in RECORD_COLUMNS)
     + ") ON COMMIT DELETE ROWS"
 )
-INSERT_SQL = f"INSERT INTO audit_records ({COLUMNS}) SELECT {COLUMNS} FROM audit_stage ON CONFLICT DO NOTHING"
+INSERT_SQL = f"INSERT INTO audit_records ({COPY_COLUMNS}) SELECT {COPY_COLUMNS} FROM audit_stage ON CONFLICT DO NOTHING"
 HEADS_SQL = """
 INSERT INTO audit_chain_heads AS h (writer_id, last_seq, last_hash, updated_at)
 SELECT DISTINCT ON (writer_id) writer_id, seq, hash, now() FROM audit_stage ORDER BY writer_id, seq DESC
@@ -89,6 +93,11 @@ def to_row(rec: dict[str, Any]) -> tuple[Any, ...]:
         if v is not None:
             row[i] = orjson.dumps(v).decode()
     return tuple(row)
+
+
+def copy_row(rec: dict[str, Any]) -> tuple[Any, ...]:
+    """The COPY row of a record: `to_row`, then its trace ids (NULL in the record of an untraced request)."""
+    return (*to_row(rec), rec.get("trace_id"), rec.get("span_id"))
 
 
 def is_data_error(exc: BaseException) -> bool:
@@ -171,7 +180,14 @@ class PostgresSink:
             raise
 
     async def _write(self, conn: asyncpg.Connection, records: list[dict[str, Any]]) -> None:
-        rows = [to_row(r) for r in records]
+        # rows are converted, and encoded by COPY, a time slice at a time: a batch done in one go held the event
+        # loop for milliseconds (gateway/pacing.py)
+        rows: list[tuple[Any, ...]] = []
+        slice_ = Slice()
+        for r in records:
+            rows.append(copy_row(r))
+            if slice_.spent():
+                await slice_.next()
         try:
             # the rows hold the parsed times already: parsing every `ts` again cost ~0.5 us a record
             days = {row[_TS].date() for row in rows}
@@ -181,7 +197,7 @@ class PostgresSink:
         if missing:
             await self._ensure_partitions(conn, min(missing), max(missing))
         async with conn.transaction():
-            await conn.copy_records_to_table("audit_stage", records=rows, columns=list(FIELDS))
+            await conn.copy_records_to_table("audit_stage", records=paced(rows), columns=list(RECORD_COLUMNS))
             await conn.execute(MOVE_SQL)
 
     async def maintain(self) -> int:

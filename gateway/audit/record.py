@@ -16,8 +16,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from gateway.audit.sanitize import SanitizeLimits, clean_text, redact_text, sanitize
+from gateway import bounds
+from gateway.audit.sanitize import SanitizeLimits, clean_text, redact_identifier, redact_text, sanitize
 from gateway.auth.scopes import required_scope
+from gateway.policy.base import is_glob
+from gateway.redact import display_url
 
 if TYPE_CHECKING:
     from gateway.context import RequestContext
@@ -62,6 +65,12 @@ FIELDS: tuple[str, ...] = (
     "prev_hash",
     "hash",
 )
+# The W3C trace and span id of the gateway's server span (gateway/tracing/), in the records of traced requests only
+# (tracing on): a record without them hashes exactly as records did before they existed, so a chain written before
+# and after tracing was turned on verifies as one. PostgreSQL keeps them in two nullable columns (migration 006),
+# after the others; NULL there is "absent" in the record.
+TRACE_FIELDS: tuple[str, ...] = ("trace_id", "span_id")
+COLUMNS: tuple[str, ...] = FIELDS + TRACE_FIELDS
 TIME_FIELDS = frozenset({"ts", "started_at"})
 JSON_FIELDS = frozenset({"shadow", "arguments", "notes"})
 
@@ -127,17 +136,32 @@ class AuditEvent:
     arguments: Any = None
     notes: dict[str, Any] | None = None
     admin: bool = False
+    # the write-ahead journal's reference (gateway/audit/journal.py), acknowledged once the record is durable
+    journal: int | None = None
+    # the request's trace (gateway/tracing/): 32 and 16 lower-case hex digits, made or checked by the gateway
+    trace_id: str | None = None
+    span_id: str | None = None
 
 
 def capture(ctx: RequestContext) -> AuditEvent:
-    """Copy what the record needs out of `ctx`. Synchronous and allocation-light: it runs on the request path."""
+    """Copy what the record needs out of `ctx`. Synchronous and allocation-light: it runs on the request path.
+
+    Values a client chose (method, tool, uri, ids, route name) are bounded here (gateway/bounds.py), so a queued
+    event never holds more than a few kilobytes whatever the request carried; the length checks cost nothing
+    that allocates on the common path. A refused caller's arguments are not kept at all."""
     now_us = int(time.time() * 1_000_000)
     principal = ctx.principal
     envs = ctx.envelopes
     env = envs[0] if len(envs) == 1 else None
     server = ctx.server
     arguments = None
-    if env is not None and server is not None and server.audit_arguments and env.params is not None:
+    if (
+        env is not None
+        and server is not None
+        and server.audit_arguments
+        and env.params is not None
+        and principal is not None
+    ):
         arguments = env.params.get("arguments") if env.method == "tools/call" else env.params
     shadow = ctx.shadow
     # Positional, in field order: keyword arguments cost ~0.8 us more per call on this path for 29 fields
@@ -148,11 +172,35 @@ def capture(ctx: RequestContext) -> AuditEvent:
     method: str | None = None
     if principal is not None:
         tenant, subject, key_id, method = principal.tenant, principal.subject, principal.key_id, principal.method
-    return AuditEvent(
+        if method == "jwt":  # claims of a verified token: signed, but of any length
+            tenant, subject = bounds.bound_opt(tenant, bounds.SUBJECT_MAX), bounds.bound(subject, bounds.SUBJECT_MAX)
+    rpc_method: str | None = None
+    tool: str | None = None
+    uri: str | None = None
+    if env is not None:
+        rpc_method, tool, uri = env.method, env.name, env.uri
+        if rpc_method is not None and len(rpc_method) > bounds.METHOD_MAX:
+            rpc_method = bounds.bound(rpc_method, bounds.METHOD_MAX)
+        if tool is not None and len(tool) > bounds.NAME_MAX:
+            tool = bounds.bound(tool, bounds.NAME_MAX)
+        if uri is not None and len(uri) > bounds.URI_MAX:
+            uri = bounds.bound(uri, bounds.URI_MAX)
+    elif envs:
+        rpc_method = "batch"
+    server_name = ctx.server_name
+    if len(server_name) > bounds.SERVER_MAX:
+        server_name = bounds.bound(server_name, bounds.SERVER_MAX)
+    session_id = ctx.session_id
+    if session_id is not None and len(session_id) > bounds.SESSION_ID_MAX:
+        session_id = bounds.bound_key(session_id)
+    rpc_id = ctx.rpc_id
+    if type(rpc_id) is str and len(rpc_id) > bounds.RPC_ID_MAX:
+        rpc_id = bounds.bound(rpc_id, bounds.RPC_ID_MAX)
+    ev = AuditEvent(
         now_us,  # ts_us
         int(ctx.started_wall * 1_000_000),  # started_us
         ctx.request_id,  # request_id
-        ctx.server_name,  # server
+        server_name,  # server
         ctx.transport,  # transport
         ctx.http_method,  # http_method
         ctx.client_ip,  # client_ip
@@ -161,11 +209,11 @@ def capture(ctx: RequestContext) -> AuditEvent:
         key_id,  # key_id
         method,  # auth_method
         ctx.upstream_url,  # upstream
-        ctx.session_id,  # session_id
-        "batch" if len(envs) > 1 else env.method if env is not None else None,  # rpc_method
-        ctx.rpc_id,  # rpc_id
-        env.name if env is not None else None,  # tool
-        env.uri if env is not None else None,  # resource_uri
+        session_id,  # session_id
+        rpc_method,  # rpc_method
+        rpc_id,  # rpc_id
+        tool,  # tool
+        uri,  # resource_uri
         ctx.refused_stage,  # refused_stage
         ctx.refused_reason,  # refused_reason
         ctx.http_status,  # http_status
@@ -179,6 +227,10 @@ def capture(ctx: RequestContext) -> AuditEvent:
         arguments,  # arguments
         ctx.notes or None,  # notes
     )
+    trace = ctx.trace
+    if trace is not None:
+        ev.trace_id, ev.span_id = trace.trace_id, trace.span_id
+    return ev
 
 
 def decision_of(ev: AuditEvent) -> str:
@@ -200,15 +252,17 @@ class RiskRules:
     def __init__(self, rules: AuditRiskRules) -> None:
         self._r = rules
         self._methods = dict(rules.methods)
-        self._tool_exact = {k: v for k, v in rules.tools.items() if not any(c in k for c in "*?[")}
-        self._tool_globs = [(k, v) for k, v in rules.tools.items() if any(c in k for c in "*?[")]
+        self._tool_exact = {k: v for k, v in rules.tools.items() if not is_glob(k)}
+        self._tool_globs = [(k, v) for k, v in rules.tools.items() if is_glob(k)]
         # one client calling one tool repeats the same arguments record after record: one lookup instead of the
         # rule walk (and the glob matches), per instance (the rules are this instance's)
         self._level_of = functools.lru_cache(maxsize=_MEMO_MAX)(self._level)
 
-    def level(self, ev: AuditEvent, decision: str) -> str:
+    def level(self, ev: AuditEvent, decision: str, memo: bool = True) -> str:
+        """`memo`: false for an unauthenticated caller, whose values must not take a place in the memo."""
         status = ev.upstream_status
-        return self._level_of(
+        level_of = self._level_of if memo else self._level
+        return level_of(
             ev.admin, ev.rpc_method, ev.tool, decision, ev.refused_stage, status is not None and status >= 500
         )
 
@@ -270,24 +324,26 @@ def new_record_id() -> str:
 
 
 # Deterministic per-value results worth remembering: a few sessions and upstream URLs recur in every batch.
-# Bounded (least recently used out first), so hostile values can only cost a recomputation, never memory.
+# Bounded in count (least recently used out first) and in key length (capture() bounded every client value), and
+# used only for authenticated callers (gateway/bounds.py): hostile values can cost a recomputation, never memory.
 _MEMO_MAX = 4096
 
 
-@functools.lru_cache(maxsize=_MEMO_MAX)
-def hash_session(session_id: str) -> str:
+def _hash_session(session_id: str) -> str:
     return hashlib.sha256(session_id.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-@functools.lru_cache(maxsize=_MEMO_MAX)
-def _clean_upstream(url: str) -> str:
-    # upstream URLs may carry credentials in userinfo or query (tokens): keep scheme, host and path only
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        return clean_text(url.split("?", 1)[0], 512)
-    hostpart, slash, path = rest.partition("/")
-    host = hostpart.rpartition("@")[2]
-    return clean_text(f"{scheme}://{host}{slash}{path.split('?', 1)[0].split('#', 1)[0]}", 512)
+hash_session = functools.lru_cache(maxsize=_MEMO_MAX)(_hash_session)
+
+
+def _display_upstream(url: str) -> str:
+    # upstream URLs may carry credentials in userinfo or query (tokens): never recorded (gateway/redact.py)
+    return clean_text(display_url(url), 512)
+
+
+# upstream URLs come from policy, or from an upstream's legacy `endpoint` event (not from the client); only URLs
+# of ordinary length are remembered
+_clean_upstream = functools.lru_cache(maxsize=_MEMO_MAX)(_display_upstream)
 
 
 def _opt(text: str | None, max_len: int = 256) -> str | None:
@@ -300,25 +356,38 @@ _What = tuple[str | None, str | None, str | None, str | None]
 # the same values in record after record, and one lookup replaces a dozen cleanups. Bounded like the memos above.
 
 
-@functools.lru_cache(maxsize=_MEMO_MAX)
-def _whos(who: _Who) -> _Who:
+def _who_fields(who: _Who) -> _Who:
     tenant, principal, key_id, auth_method, client_ip, server, transport, http_method = who
     return (
-        _opt(tenant, 128),
-        _opt(principal, 256),
+        _opt(tenant, bounds.SUBJECT_MAX),
+        _opt(principal, bounds.SUBJECT_MAX),
         _opt(key_id, 128),
         _opt(auth_method, 32),
         clean_text(client_ip, 64),
-        clean_text(server, 128),
+        clean_text(server, bounds.SERVER_MAX),
         clean_text(transport, 32),
         clean_text(http_method, 16),
     )
 
 
-@functools.lru_cache(maxsize=_MEMO_MAX)
-def _whats(what: _What) -> _What:
+def _what_fields(what: _What) -> _What:
     rpc_method, tool, stage, reason = what
-    return (_opt(rpc_method, 128), _opt(tool, 256), _opt(stage, 64), _opt(reason, 128))
+    # the method and tool name are the client's: a credential pasted there is pattern-redacted like an argument
+    return (
+        _opt(_redact_opt(rpc_method), bounds.METHOD_MAX),
+        _opt(_redact_opt(tool), bounds.NAME_MAX),
+        _opt(stage, 64),
+        _opt(reason, 128),
+    )
+
+
+def _redact_opt(value: str | None) -> str | None:
+    # never memoized here: _whats memoizes the whole tuple for authenticated callers only
+    return None if value is None else redact_identifier(value)
+
+
+_whos = functools.lru_cache(maxsize=_MEMO_MAX)(_who_fields)
+_whats = functools.lru_cache(maxsize=_MEMO_MAX)(_what_fields)
 
 
 def build_record(ev: AuditEvent, ts_us: int, risk: RiskRules, limits: SanitizeLimits) -> dict[str, Any]:
@@ -335,30 +404,46 @@ def build_record(ev: AuditEvent, ts_us: int, risk: RiskRules, limits: SanitizeLi
         ev.transport,
         ev.http_method,
     )
-    who = _whos(who_raw)
-    what = _whats((ev.rpc_method, ev.tool, ev.refused_stage, ev.refused_reason))
+    # an unauthenticated caller's values are cleaned afresh every time: they never take a memo's place
+    memo = bounds.authenticated(ev.auth_method)
+    what_raw = (ev.rpc_method, ev.tool, ev.refused_stage, ev.refused_reason)
+    if memo:
+        who, what = _whos(who_raw), _whats(what_raw)
+    else:
+        who, what = _who_fields(who_raw), _what_fields(what_raw)
     tenant, principal, key_id, auth_method, client_ip, server, transport, http_method = who
     rpc_method, tool, stage, reason = what
-    return {
+    rec: dict[str, Any] = {
         "id": new_record_id(),
         "ts": format_ts(ts_us),
         "started_at": format_ts(ev.started_us),
-        "request_id": clean_text(ev.request_id, 128),
+        # the client's X-Request-ID and JSON-RPC id are free text too: no credential survives in them
+        "request_id": clean_text(redact_identifier(ev.request_id), bounds.RPC_ID_MAX),
         "tenant": tenant,
         "principal": principal,
         "key_id": key_id,
         "auth_method": auth_method,
         "client_ip": client_ip,
         "server": server,
-        "upstream": None if ev.upstream is None else _clean_upstream(ev.upstream),
+        "upstream": None
+        if ev.upstream is None
+        else _clean_upstream(ev.upstream)
+        if len(ev.upstream) <= bounds.MEMO_KEY_MAX * 4
+        else _display_upstream(ev.upstream),
         "transport": transport,
         "http_method": http_method,
-        "session_hash": None if ev.session_id is None else hash_session(ev.session_id),
+        "session_hash": None
+        if ev.session_id is None
+        else hash_session(ev.session_id)
+        if memo
+        else _hash_session(ev.session_id),
         "rpc_method": rpc_method,
-        "rpc_id": None if rpc_id is None else clean_text(str(rpc_id), 128),
+        "rpc_id": None if rpc_id is None else clean_text(redact_identifier(str(rpc_id)), bounds.RPC_ID_MAX),
         "tool": tool,
         # a resource URI can carry a token in its query: pattern-redact it, not just bound it
-        "resource_uri": None if ev.resource_uri is None else clean_text(redact_text(ev.resource_uri), 1024),
+        "resource_uri": None
+        if ev.resource_uri is None
+        else clean_text(redact_text(ev.resource_uri, remember=memo), bounds.URI_MAX),
         "decision": decision,
         "stage": stage,
         "reason": reason,
@@ -369,8 +454,12 @@ def build_record(ev: AuditEvent, ts_us: int, risk: RiskRules, limits: SanitizeLi
         "upstream_latency_ms": None if ev.upstream_latency_s is None else round(ev.upstream_latency_s * 1000.0, 3),
         "bytes_in": ev.bytes_in,
         "bytes_out": ev.bytes_out,
-        "risk": risk.level(ev, decision),
+        "risk": risk.level(ev, decision, memo),
         "shadow": [{"stage": s, "reason": r} for s, r in ev.shadow] if ev.shadow else None,
-        "arguments": None if ev.arguments is None else sanitize(ev.arguments, limits),
-        "notes": None if not ev.notes else sanitize(ev.notes, limits),
+        "arguments": None if ev.arguments is None else sanitize(ev.arguments, limits, remember=memo),
+        "notes": None if not ev.notes else sanitize(ev.notes, limits, remember=memo),
     }
+    if ev.trace_id is not None:
+        rec["trace_id"] = ev.trace_id
+        rec["span_id"] = ev.span_id
+    return rec

@@ -10,8 +10,9 @@ the line of a record is exactly the record's JSON followed by keys that do not d
 So those trailing keys are computed once per batch by running the configured processors themselves on a
 placeholder of the record, spliced onto each record's orjson dump, and the batch is written with one print.
 Every other configuration (console format, a test capturing logs, any extra processor) takes structlog's own
-path, record by record, as before. The only difference on the fast path: the records of one batch share the
-timestamp of the moment they are written out together.
+path, record by record, as before. The only difference on the fast path: the records of one slice of a batch (the
+writer emits a batch a time slice at a time, gateway/pacing.py) share the timestamp of the moment they are written
+out together.
 """
 
 from __future__ import annotations
@@ -84,10 +85,12 @@ class RecordLog:
         self._log = structlog.get_logger(logger_name)
         self._event = event
 
-    def emit(self, records: list[dict[str, Any]]) -> list[bytes] | None:
+    def emit(self, records: list[dict[str, Any]], lines: list[bytes] | None = None) -> list[bytes] | None:
         """Log each record as its own JSON line (event `audit`), in order.
 
-        Returns `orjson.dumps(record)` of each record when it made them (the fast path), for the JSONL sink."""
+        `lines`, when given, are `orjson.dumps(record)` of each record, made by the caller (the audit writer dumps
+        each record as it seals it, so its time slices include that work). Returns those dumps when the fast path
+        used or made them, for the JSONL sink."""
         if not records:
             return None
         fast = self._batch_renderer(records)
@@ -95,11 +98,11 @@ class RecordLog:
             printer, suffix = fast
             if printer is None:
                 return None  # info is filtered out by the configured level: structlog would print nothing either
-            dumps = orjson.dumps
-            try:
-                lines = [dumps(rec) for rec in records]
-            except TypeError:
-                lines = None  # a value orjson cannot take: structlog's serializer stringifies it (default=str)
+            if lines is None or len(lines) != len(records):
+                try:
+                    lines = [orjson.dumps(rec) for rec in records]
+                except TypeError:
+                    lines = None  # a value orjson cannot take: structlog's serializer stringifies it (default=str)
             if lines is not None:
                 # `{record}` minus its closing brace, then `,"event":...}`: the JSON of the merged dict, key for key
                 heads = [line[:-1] for line in lines]

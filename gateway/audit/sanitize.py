@@ -18,6 +18,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.bounds import bound
+
 REDACTED = "[REDACTED]"
 
 # single words that name a secret
@@ -74,12 +76,14 @@ def key_words(key: str) -> list[str]:
 
 # Keys repeat across records (notes are named by code, argument keys by tool schemas): classifying one costs two
 # regex passes, a cache hit ~0.1 us. Bounded, so hostile key names can only evict entries, never grow memory.
-@functools.lru_cache(maxsize=4096)
-def is_secret_key(key: str) -> bool:
+def _is_secret_key(key: str) -> bool:
     words = key_words(key)
     if any(w in SECRET_WORDS for w in words):
         return True
     return any(pair in SECRET_PAIRS for pair in itertools.pairwise(words))
+
+
+is_secret_key = functools.lru_cache(maxsize=4096)(_is_secret_key)
 
 
 # (label, pattern); each match is replaced by [REDACTED:<label>]
@@ -116,6 +120,14 @@ def _scoped(pattern: re.Pattern[str]) -> str:
 # alternation of them all (and of the card candidate) finds nothing exactly when none of them would: then no
 # substitution can change the text, and one scan replaces fourteen.
 _ANY_SECRET = re.compile("|".join(_scoped(p) for p in (*(p for _, p in VALUE_PATTERNS), _CARD_CANDIDATE)))
+_ANY_CREDENTIAL = re.compile("|".join(_scoped(p) for _, p in VALUE_PATTERNS))
+# an identifier that no credential pattern can match: shorter than the shortest match (a password in a URL,
+# `x://a:b@`, needs 7 characters around it), or only digits, lowercase hex and dashes, as in a UUID (every pattern
+# needs an uppercase letter, a letter past `f`, or punctuation other than a dash). The gateway's own request ids and
+# the usual JSON-RPC ids are such, and the full scan cost ~7 us a record for them (tests/unit/audit/test_sanitize.py
+# checks the claim on random strings of that alphabet).
+_PLAIN_ID = re.compile(r"[0-9a-f-]*")  # hex ids and UUIDs
+_SHORTEST_CREDENTIAL = 7
 
 
 def luhn_ok(digits: str) -> bool:
@@ -154,19 +166,20 @@ _CLEAN_SHORT_MAX_LEN = 128
 _CLEAN_SHORT_MAX = 4096
 
 
-def redact_text(text: str) -> str:
-    """Replace every secret-looking substring of `text`."""
+def redact_text(text: str, remember: bool = True) -> str:
+    """Replace every secret-looking substring of `text`. `remember=False` for an unauthenticated caller's values,
+    which must not take a place in the memo (gateway/bounds.py)."""
     if text in _CLEAN_SHORT:
         return text
     red = _redact(text)
-    if red is text and len(text) <= _CLEAN_SHORT_MAX_LEN:
+    if remember and red is text and len(text) <= _CLEAN_SHORT_MAX_LEN:
         if len(_CLEAN_SHORT) >= _CLEAN_SHORT_MAX:
             _CLEAN_SHORT.clear()
         _CLEAN_SHORT[text] = None
     return red
 
 
-def _redact(text: str) -> str:
+def _redact(text: str, cards: bool = True) -> str:
     text = _valid_unicode(text)
     if _ANY_SECRET.search(text) is None:
         return text
@@ -174,19 +187,28 @@ def _redact(text: str) -> str:
         if label == "private_key" and "PRIVATE KEY" not in text:
             continue  # the costliest pattern; skip it on the common path
         text = pattern.sub(f"[REDACTED:{label}]", text)
-    if any(c.isdigit() for c in text):
+    if cards and any(c.isdigit() for c in text):
         text = _CARD_CANDIDATE.sub(_card_sub, text)
     return text
+
+
+def redact_identifier(text: str) -> str:
+    """The credential patterns on a client-chosen identifier (request id, JSON-RPC id, method, tool name), without
+    the card-number check: identifiers are full of digit runs (a gateway request id ends in a zero-padded counter,
+    which passes Luhn), and a card number in one is not a credential that opens anything. Never memoized."""
+    if len(text) < _SHORTEST_CREDENTIAL or _PLAIN_ID.fullmatch(text):
+        return text
+    if _ANY_CREDENTIAL.search(text) is None:
+        return _valid_unicode(text)
+    return _redact(text, cards=False)
 
 
 def clean_text(text: str, max_len: int) -> str:
     """Valid, NUL-free and bounded (for identifiers like tool names and reasons: no pattern redaction)."""
     if len(text) <= max_len and text.isascii() and "\x00" not in text:
         return text  # the common case (a dozen identifiers per record): nothing to replace or cut
-    text = _valid_unicode(text)
-    if len(text) > max_len:
-        return f"{text[:max_len]}...[truncated {len(text) - max_len} chars]"
-    return text
+    # bound() keeps a value capture() already bounded to the same length as it is (its marker says how long it was)
+    return bound(_valid_unicode(text), max_len)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,15 +216,45 @@ class SanitizeLimits:
     max_string: int = 256
     max_items: int = 50
     max_depth: int = 6
+    # for the whole value: per-container limits alone still let a 4 MiB body of nested lists hold ~400,000 strings,
+    # and pattern-scanning them all (~1 us each) held the writer's event loop for most of a second
+    max_total_values: int = 2000
+    max_total_chars: int = 256 * 1024
+
+
+class _Budget:
+    """What one `sanitize` call may still spend (strings scanned count their length)."""
+
+    __slots__ = ("chars", "values")
+
+    def __init__(self, limits: SanitizeLimits) -> None:
+        self.values = limits.max_total_values
+        self.chars = limits.max_total_chars
+
+    def spend(self, chars: int) -> bool:
+        self.values -= 1
+        self.chars -= chars
+        return self.values >= 0 and self.chars >= 0
+
+
+OVER_BUDGET = "[truncated: audit size budget]"
 
 
 INT64_MAX = 2**63 - 1
 
 
-def sanitize(value: Any, limits: SanitizeLimits = SanitizeLimits(), _depth: int = 0) -> Any:
-    """A JSON-safe, secret-free, bounded copy of `value` (arguments of a tool call)."""
+def sanitize(value: Any, limits: SanitizeLimits = SanitizeLimits(), *, remember: bool = True) -> Any:
+    """A JSON-safe, secret-free, bounded copy of `value` (arguments of a tool call). `remember=False`: memo nothing
+    (an unauthenticated caller's values). Past `max_total_values` / `max_total_chars` every further value is
+    replaced by OVER_BUDGET, so the cost of one record is bounded whatever the body holds."""
+    return _sanitize(value, limits, 0, remember, _Budget(limits))
+
+
+def _sanitize(value: Any, limits: SanitizeLimits, _depth: int, remember: bool, budget: _Budget) -> Any:
+    if not budget.spend(min(len(value), limits.max_string * 4) if isinstance(value, str) else 1):
+        return OVER_BUDGET
     if isinstance(value, str):
-        red = redact_text(value[: limits.max_string * 4])
+        red = redact_text(value[: limits.max_string * 4], remember)
         if len(red) > limits.max_string or len(value) > limits.max_string * 4:
             return f"{red[: limits.max_string]}...[truncated {len(value) - limits.max_string} chars]"
         return red
@@ -228,10 +280,11 @@ def sanitize(value: Any, limits: SanitizeLimits = SanitizeLimits(), _depth: int 
                 out["..."] = f"[truncated {len(value) - limits.max_items} keys]"
                 break
             key = clean_text(str(k), 128)
-            out[key] = REDACTED if is_secret_key(key) else sanitize(v, limits, _depth + 1)
+            secret = is_secret_key(key) if remember else _is_secret_key(key)
+            out[key] = REDACTED if secret else _sanitize(v, limits, _depth + 1, remember, budget)
         return out
     if isinstance(value, list | tuple):
-        items = [sanitize(v, limits, _depth + 1) for v in value[: limits.max_items]]
+        items = [_sanitize(v, limits, _depth + 1, remember, budget) for v in value[: limits.max_items]]
         if len(value) > limits.max_items:
             items.append(f"[truncated {len(value) - limits.max_items} items]")
         return items

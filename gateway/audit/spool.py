@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import fcntl
 import os
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -28,11 +29,14 @@ from typing import Any
 
 import structlog
 
-from gateway.audit.files import append_synced, encode_lines, read_chunk
+from gateway.audit.files import append_records, read_chunk
 
 log = structlog.get_logger("gateway.audit")
 
 Writer = Callable[[list[dict[str, Any]]], Awaitable[None]]
+
+
+_OTHER_BASE = re.compile(r"w\d+|.*-journal")
 
 
 class AuditSpool:
@@ -73,7 +77,16 @@ class AuditSpool:
         if not name.startswith(prefix):
             return None
         token, _, kind = name[len(prefix) :].partition(".")
+        if _OTHER_BASE.fullmatch(token):
+            # `<base>.w<n>...` is worker n's own spool base (gateway/net/workers.py) and `...-journal` a journal
+            # directory: another owner's namespace, never an orphan of this one (worker 0 adopted worker 1's live
+            # spool and then tried to replay a journal directory)
+            return None
         return token, kind
+
+    def owner_alive(self, token: str) -> bool:
+        """Whether the process of `token` still runs (the audit journal shares the spool's ownership)."""
+        return token == self.token or self._owner_alive(token)
 
     def _owner_alive(self, token: str) -> bool:
         lock = self.base.with_name(f"{self.base.name}.{token}.lock")
@@ -101,16 +114,20 @@ class AuditSpool:
         alive: dict[str, bool] = {}
         for name in sorted(names):
             src = self.base.parent / name
+            if src.is_dir():
+                continue  # spools are files; a directory of the same prefix is someone else's
             if name == self.base.name:
                 token = ""
             else:
                 parsed = self._token_of(name)
-                if parsed is None or parsed[0] == self.token or parsed[1] == "lock":
+                if parsed is None or parsed[0] == self.token:
                     continue
                 token = parsed[0]
                 if token not in alive:
+                    # removes the lock file of an owner that is gone: a SIGKILLed process leaves its lock behind
+                    # even when it had nothing spooled, and nothing else would ever delete it
                     alive[token] = self._owner_alive(token)
-                if alive[token]:
+                if alive[token] or parsed[1] == "lock":
                     continue
             dest = self.path.with_name(f"{self.path.name}.replay-{time.time_ns()}")
             try:
@@ -140,7 +157,7 @@ class AuditSpool:
         return total
 
     async def append(self, records: list[dict[str, Any]]) -> None:
-        await asyncio.to_thread(append_synced, self.path, encode_lines(records))
+        await asyncio.to_thread(append_records, self.path, records)
         self._has_data = True
 
     def _rotate(self) -> None:

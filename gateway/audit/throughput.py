@@ -18,9 +18,11 @@ from prometheus_client import CollectorRegistry
 
 from gateway.audit.metrics import AuditMetrics
 from gateway.audit.pipeline import AuditPipeline
+from gateway.audit.postgres import PostgresSink
 from gateway.audit.sinks import AuditSink, JsonlFileSink
 from gateway.auth.principal import Principal
 from gateway.context import RequestContext
+from gateway.db.scratch import scratch_database
 from gateway.jsonrpc import parse_message
 from gateway.policy.servers import ServerPolicy
 from gateway.settings import AuditSettings
@@ -106,9 +108,6 @@ async def _drive(
 
 async def measure_postgres(server_dsn: str, records: int, *, batch_size: int = 500) -> ThroughputResult:
     """In a fresh database of its own on the server behind `server_dsn` (needs CREATEDB)."""
-    from gateway.audit.postgres import PostgresSink
-    from gateway.db.scratch import scratch_database
-
     async with scratch_database(server_dsn, prefix="mgw_bench_") as dsn:
         return await measure(PostgresSink(dsn), records, batch_size=batch_size)
 

@@ -10,7 +10,7 @@ import asyncpg
 import orjson
 
 from gateway.audit.hashchain import Anchor, ChainVerifier, VerifyReport, iter_jsonl, verify_records
-from gateway.audit.record import FIELDS, JSON_FIELDS, ts_from_datetime
+from gateway.audit.record import COLUMNS, FIELDS, JSON_FIELDS, TRACE_FIELDS, ts_from_datetime
 
 
 def verify_file(path: str) -> VerifyReport:
@@ -29,6 +29,11 @@ def record_from_row(row: asyncpg.Record) -> dict[str, Any]:
         elif name in JSON_FIELDS and isinstance(v, str):
             v = orjson.loads(v)
         rec[name] = v
+    for name in TRACE_FIELDS:
+        # in the record only when the request was traced (NULL: it was not); a query may leave them out
+        v = row.get(name)
+        if v is not None:
+            rec[name] = v
     return rec
 
 
@@ -44,7 +49,7 @@ async def verify_postgres(dsn: str, *, batch: int = 5000) -> VerifyReport:
                 r["writer_id"]: Anchor(r["anchor_seq"], r["anchor_hash"], r["last_seq"], r["last_hash"]) for r in heads
             }
             verifier = ChainVerifier(anchors, where="row", require_heads=True)
-            cur = conn.cursor(f"SELECT {', '.join(FIELDS)} FROM audit_records ORDER BY writer_id, seq", prefetch=batch)
+            cur = conn.cursor(f"SELECT {', '.join(COLUMNS)} FROM audit_records ORDER BY writer_id, seq", prefetch=batch)
             async for row in cur:
                 verifier.add(record_from_row(row))
     finally:

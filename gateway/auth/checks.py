@@ -4,7 +4,7 @@ access-rule roles are usable. The filters' `build()` repeats the secret check as
 
 from __future__ import annotations
 
-from gateway.policy.loader import PolicyProblem
+from gateway.policy.base import PolicyProblem
 from gateway.policy.model import PolicySet
 
 MIN_HS_SECRET_BYTES = 32

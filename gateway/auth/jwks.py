@@ -17,6 +17,9 @@ import jwt
 import orjson
 import structlog
 
+from gateway.loophold import background
+from gateway.redact import display_url
+
 log = structlog.get_logger("gateway.auth.jwks")
 
 MAX_JWKS_BYTES = 1024 * 1024
@@ -92,7 +95,9 @@ class JwksCache:
 
     def _refresh_in_background(self) -> None:
         if self._background is None or self._background.done():
-            self._background = asyncio.create_task(self._refresh(time.monotonic(), force=False))
+            self._background = asyncio.create_task(
+                background(self._refresh(time.monotonic(), force=False), "jwks-refresh"), name="jwks-refresh"
+            )
 
     async def _refresh(self, started: float, *, force: bool) -> None:
         async with self._lock:
@@ -103,7 +108,11 @@ class JwksCache:
             try:
                 keys = await self._fetch()
             except (aiohttp.ClientError, TimeoutError, ValueError, orjson.JSONDecodeError) as exc:
-                log.warning("JWKS fetch failed; keeping the keys we have", url=self.url, error=str(exc) or type(exc))
+                log.warning(
+                    "JWKS fetch failed; keeping the keys we have",
+                    url=display_url(self.url),
+                    error=str(exc) or type(exc),
+                )
                 if self.on_fetch:
                     self.on_fetch("error")
                 return
@@ -112,7 +121,7 @@ class JwksCache:
             self._fetched_at = time.monotonic()
             if self.on_fetch:
                 self.on_fetch("ok")
-            log.info("JWKS fetched", url=self.url, keys=len(keys))
+            log.info("JWKS fetched", url=display_url(self.url), keys=len(keys))
 
     def _fresh(self) -> bool:
         return time.monotonic() - self._fetched_at <= self.cache_seconds
@@ -156,7 +165,9 @@ class JwksRegistry:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=10), headers={"Accept": "application/json"}
+                connector=aiohttp.TCPConnector(limit=10),
+                headers={"Accept": "application/json"},
+                cookie_jar=aiohttp.DummyCookieJar(),  # an identity provider's cookies are of no use to a key fetch
             )
         return self._session
 

@@ -6,7 +6,7 @@ import ipaddress
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import lru_cache
 
 from gateway.auth.principal import Principal
@@ -59,6 +59,9 @@ class KeyRecord:
             method="api_key",
             tools=self.tools,
             expires_at=self.expires_at,
+            networks=self.networks,
+            key_hash=self.hash,
+            key_source=self.source,
         )
         object.__setattr__(self, "principal", principal)  # frozen: set once, here
 
@@ -97,19 +100,17 @@ def from_policy(key: ApiKeyPolicy) -> KeyRecord:
         scopes=frozenset(key.scopes),
         role=key.role,
         networks=compile_networks(key.allow_ips),
-        expires_at=_epoch(key.expires_at),
+        expires_at=epoch_seconds(key.expires_at),
         revoked=key.revoked,
         tools=tool_matcher(key.tools.allow, key.tools.deny, key.tools.mode == "shadow"),
         source="policy",
     )
 
 
-def _epoch(when: datetime | None) -> float | None:
+def epoch_seconds(when: datetime | None) -> float | None:
     if when is None:
         return None
     if when.tzinfo is None:
         # a naive timestamp in keys.yaml means UTC, whatever the host's zone
-        from datetime import UTC
-
         when = when.replace(tzinfo=UTC)
     return when.timestamp()

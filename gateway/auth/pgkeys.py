@@ -10,6 +10,7 @@ event loop; a database that does not answer becomes a 503, never a 401 for a key
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import time
@@ -170,6 +171,36 @@ class PostgresKeyStore:
         for digest in [d for d, (rec, _) in self._by_hash.items() if rec.id == key_id]:
             del self._by_hash[digest]
 
+    def recheck(self, key_id: str, digest: str | None) -> bool | None:
+        """Whether a key verified earlier is still valid, from what this process knows now and without waiting:
+        False when it is revoked, expired, deleted or its hash changed, None when nothing is cached. A stale or
+        missing entry starts a refresh (one query per id in flight), so a revocation made through another replica
+        reaches an open connection within the cache TTL."""
+        row = self._by_id.get(key_id)
+        if row is None or row[1] <= time.monotonic():
+            self.refresh_soon(key_id)
+        if row is None:
+            return None
+        rec = row[0]
+        if rec is None or rec.revoked:
+            return False
+        if rec.expires_at is not None and rec.expires_at <= time.time():
+            return False
+        return digest is None or hmac.compare_digest(rec.hash, digest)
+
+    def refresh_soon(self, key_id: str) -> None:
+        """Fetch the key's row in the background (a failure keeps what is cached)."""
+        if key_id not in self._inflight:
+            task = asyncio.create_task(self._fetch_and_remember(key_id))
+            self._inflight[key_id] = task
+            task.add_done_callback(lambda t: self._settled(key_id, t))
+
+    async def refresh(self, key_id: str) -> None:
+        """Fetch the key's row now (after this process changed it), so open connections see the change."""
+        self.invalidate(key_id)
+        with contextlib.suppress(ServiceUnavailable):  # the change is made; the cache is simply empty then
+            await self._fetch_shared(key_id)
+
     async def lookup(self, key_id: str, digest: str) -> KeyRecord | None:
         """The key whose stored hash equals `digest`, or None. Raises ServiceUnavailable if the store is down."""
         now = time.monotonic()
@@ -189,15 +220,21 @@ class PostgresKeyStore:
         self._remember(self._by_hash, digest, (rec, time.monotonic() + self._ttl))
         return rec
 
+    async def current(self, key_id: str) -> KeyRecord | None:
+        """The key with this id as the store has it (cached like lookups), whatever its hash: for credentials
+        derived from a key (gateway/oauth/), which check the hash's fingerprint themselves."""
+        row = self._by_id.get(key_id)
+        if row is not None and row[1] > time.monotonic():
+            self._count("hit")
+            return row[0]
+        self._count("miss")
+        return await self._fetch_shared(key_id)
+
     async def _fetch_shared(self, key_id: str) -> KeyRecord | None:
         # one query per id in flight, run as its own task: a requester that goes away (client disconnect) does
         # not cancel the query the others are waiting for
-        task = self._inflight.get(key_id)
-        if task is None:
-            task = asyncio.create_task(self._fetch_and_remember(key_id))
-            self._inflight[key_id] = task
-            task.add_done_callback(lambda t: self._settled(key_id, t))
-        return await asyncio.shield(task)
+        self.refresh_soon(key_id)
+        return await asyncio.shield(self._inflight[key_id])
 
     def _settled(self, key_id: str, task: asyncio.Task[KeyRecord | None]) -> None:
         self._inflight.pop(key_id, None)

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    import ipaddress
+
     from gateway.auth.tools import ToolMatcher
 
 ANONYMOUS_ROLE = "anonymous"
@@ -27,6 +29,12 @@ class Principal:
     # when the credential stops being valid (epoch seconds, leeway included); authz re-checks it for each message
     # of a long-lived connection (WebSocket), which authenticates only once, at the upgrade
     expires_at: float | None = field(default=None, compare=False)
+    # the networks an API key may be used from (empty: any); the admin API never lets a key mint a wider one
+    networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = field(default=(), compare=False)
+    # an API key's stored hash and where it came from ("policy" or "postgres"): a long-lived connection (WebSocket)
+    # authenticates once, so each of its messages re-checks that the key is still the one verified and not revoked
+    key_hash: str | None = field(default=None, compare=False, repr=False)
+    key_source: str | None = field(default=None, compare=False)
 
     @property
     def is_anonymous(self) -> bool:

@@ -6,6 +6,7 @@ Lives outside the policy snapshot (JWKS caches, key-store caches, usage counters
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
@@ -13,6 +14,9 @@ from gateway.auth.jwks import JwksRegistry
 from gateway.auth.metrics import AuthMetrics
 from gateway.auth.pgkeys import PostgresKeyStore
 from gateway.auth.usage import UsageCounters
+
+if TYPE_CHECKING:
+    from gateway.oauth.tokens import AccessTokens
 
 
 @dataclass
@@ -25,6 +29,8 @@ class AuthState:
     metrics: AuthMetrics | None = None
     # server -> tool -> readOnlyHint as last seen in a relayed tools/list answer (trust_tool_annotations routes)
     readonly_tools: dict[str, dict[str, bool]] = field(default_factory=dict)
+    # the built-in authorization server's tokens (gateway/oauth/); None when `oauth.enabled` is false
+    oauth_tokens: AccessTokens | None = None
 
 
 AUTH: web.AppKey[AuthState] = web.AppKey("auth_state", AuthState)

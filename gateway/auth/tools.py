@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from fnmatch import translate
 
+from gateway.bounds import MEMO_KEY_MAX
+
 
 def _compile(patterns: Sequence[str]) -> re.Pattern[str] | None:
     if not patterns:
@@ -17,11 +19,14 @@ def _compile(patterns: Sequence[str]) -> re.Pattern[str] | None:
 class ToolMatcher:
     """One allow/deny list. Deny wins; an empty allow list allows every tool."""
 
-    __slots__ = ("_allow", "_deny", "has_allow", "shadow", "source")
+    __slots__ = ("_allow", "_deny", "allow_patterns", "deny_patterns", "has_allow", "shadow", "source")
 
     def __init__(self, allow: Sequence[str], deny: Sequence[str], *, shadow: bool = False, source: str = "") -> None:
         self._allow = _compile(allow)
         self._deny = _compile(deny)
+        # the patterns as written: the admin API compares a new key's rules with its creator's
+        self.allow_patterns = tuple(allow)
+        self.deny_patterns = tuple(deny)
         self.has_allow = bool(allow)
         self.shadow = shadow
         # where the rule came from ("tenant", "key", "access[2]"): goes into audit notes, never into metric labels
@@ -49,7 +54,11 @@ ALLOW_ALL = ToolVerdict(True)
 
 @dataclass(slots=True)
 class ToolPolicy:
-    """Every matcher that applies to one (tenant, server, role), plus a memo of verdicts per tool name."""
+    """Every matcher that applies to one (tenant, server, role), plus a memo of verdicts per tool name.
+
+    Tool names come from clients: the memo holds at most 4096 names of at most MEMO_KEY_MAX characters, and only
+    for callers that authenticated (`remember`), so it can cost memory only a bounded amount, and nobody's
+    unauthenticated requests can spend it."""
 
     matchers: tuple[ToolMatcher, ...]
     _memo: dict[str, ToolVerdict] = field(default_factory=dict)
@@ -58,8 +67,9 @@ class ToolPolicy:
     def filters_lists(self) -> bool:
         return any(not m.shadow for m in self.matchers)
 
-    def verdict(self, tool: str, extra: ToolMatcher | None = None) -> ToolVerdict:
-        if extra is None:
+    def verdict(self, tool: str, extra: ToolMatcher | None = None, *, remember: bool = True) -> ToolVerdict:
+        remember = remember and extra is None and len(tool) <= MEMO_KEY_MAX
+        if remember:
             hit = self._memo.get(tool)
             if hit is not None:
                 return hit
@@ -73,8 +83,8 @@ class ToolPolicy:
             elif denied_by is None:
                 denied_by = m.source
         verdict = ToolVerdict(denied_by is None, denied_by, tuple(shadow)) if (denied_by or shadow) else ALLOW_ALL
-        if extra is None:
-            if len(self._memo) > 4096:  # tool names come from clients: keep the memo bounded
+        if remember:
+            if len(self._memo) > 4096:
                 self._memo.clear()
             self._memo[tool] = verdict
         return verdict

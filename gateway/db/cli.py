@@ -9,26 +9,24 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from gateway.cli_errors import CliError, ExitCode
+
 
 def config_dsn(args: argparse.Namespace) -> str | None:
     """--dsn, else MGW_POSTGRES_DSN, else `postgres.dsn` of the config file (if it exists)."""
     dsn: str | None = args.dsn or os.environ.get("MGW_POSTGRES_DSN")
     config = getattr(args, "config", None)
     if not dsn and config and Path(config).exists():
-        from gateway.settings import SettingsError, load_settings
+        from gateway.settings import load_settings
 
-        try:
-            dsn = load_settings(config).postgres.dsn
-        except SettingsError as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return None
+        dsn = load_settings(config).postgres.dsn  # SettingsError: the caller's one line per problem, exit 2
     return dsn
 
 
-def _dsn(args: argparse.Namespace) -> str | None:
+def _dsn(args: argparse.Namespace) -> str:
     dsn = config_dsn(args)
     if not dsn:
-        print("error: give --dsn, set MGW_POSTGRES_DSN, or set postgres.dsn in --config", file=sys.stderr)
+        raise CliError("give --dsn, set MGW_POSTGRES_DSN, or set postgres.dsn in --config", ExitCode.USAGE)
     return dsn
 
 
@@ -36,16 +34,10 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
     from gateway.db.migrate import MigrationError, migrate
 
     dsn = _dsn(args)
-    if dsn is None:
-        return 2
     try:
         result = asyncio.run(migrate(dsn, target=args.target))
     except MigrationError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except (OSError, TimeoutError) as exc:
-        print(f"error: cannot reach PostgreSQL: {exc}", file=sys.stderr)
-        return 2
+        raise CliError(str(exc), ExitCode.BACKEND) from None
     for mig in result.applied:
         print(f"applied {mig.name}")
     for name in result.changed:
@@ -58,8 +50,6 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from gateway.db.migrate import applied_versions, discover
 
     dsn = _dsn(args)
-    if dsn is None:
-        return 2
     done = set(asyncio.run(applied_versions(dsn)))
     pending = 0
     for mig in discover():
@@ -84,8 +74,6 @@ async def _retention(dsn: str, days: int, ahead: int) -> list[str]:
 
 def _cmd_retention(args: argparse.Namespace) -> int:
     dsn = _dsn(args)
-    if dsn is None:
-        return 2
     dropped = asyncio.run(_retention(dsn, args.days, args.ahead))
     for name in dropped:
         print(f"dropped {name}")

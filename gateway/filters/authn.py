@@ -3,7 +3,8 @@
 Credentials: `Authorization: Bearer <API key or JWT>` or `X-API-Key: <API key>`. Which kinds a route accepts is
 its `auth.methods`; with `auth.anonymous` a request without any credential becomes the `anonymous` principal.
 On OAuth routes (JWT + authorization servers) a 401 carries `WWW-Authenticate: Bearer resource_metadata=...`;
-API-key routes advertise nothing (a challenge would send MCP clients into OAuth discovery).
+routes that take API keys answer `WWW-Authenticate: ApiKey realm="mcp-gateway"`: RFC 9110 wants a challenge on
+every 401, and a scheme other than Bearer without `resource_metadata` gives MCP clients nothing to discover.
 
 Everything per route is compiled in `build()` once per snapshot; the request path is a dict lookup, one HMAC
 (keys) or one signature check (JWTs).
@@ -17,24 +18,23 @@ import re
 from dataclasses import dataclass
 
 import structlog
-from aiohttp import web
 
 from gateway.auth.apikeys import PREFIX, parse_key
 from gateway.auth.jwks import JwksRegistry
-from gateway.auth.keyrecord import KeyRecord, from_policy
+from gateway.auth.keyrecord import KeyRecord
 from gateway.auth.metrics import AuthMetrics
 from gateway.auth.principal import Principal, anonymous_principal
-from gateway.auth.state import AUTH, AuthState, metadata_url, route_url
+from gateway.auth.state import AuthState, metadata_url, route_url
 from gateway.auth.tokens import JwtVerifier
+from gateway.bounds import SERVER_MAX, bound
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, Unauthenticated
+from gateway.oauth.tokens import AccessTokens
 from gateway.policy.loader import PolicyError, PolicyProblem
 from gateway.policy.servers import ServerPolicy
 from gateway.policy.snapshot import Snapshot
 
 log = structlog.get_logger("gateway.authn")
-
-API_KEY_SECRET: web.AppKey[bytes] = web.AppKey("api_key_secret", bytes)
 
 MAX_CREDENTIAL = 16 * 1024
 # RFC 6750 b64token (token68): what a bearer credential may contain
@@ -95,6 +95,9 @@ class RouteAuthn:
     jwt: JwtVerifier | None
     # `WWW-Authenticate` parameter pointing at the route's metadata; None on routes that are not OAuth routes
     resource_metadata: str | None
+    # tokens of the built-in authorization server (gateway/oauth/), for this route's URL as audience
+    builtin: AccessTokens | None = None
+    audience: str = ""
 
 
 # the admin API and unknown routes: API keys only, nobody anonymous, nothing advertised
@@ -102,7 +105,12 @@ ADMIN_ROUTE = RouteAuthn(True, False, frozenset(), None, None)
 
 
 def compile_route(
-    name: str, server: ServerPolicy, snapshot: Snapshot, public_url: str, jwks: JwksRegistry
+    name: str,
+    server: ServerPolicy,
+    snapshot: Snapshot,
+    public_url: str,
+    jwks: JwksRegistry,
+    oauth_tokens: AccessTokens | None = None,
 ) -> RouteAuthn:
     auth = server.auth
     verifier: JwtVerifier | None = None
@@ -127,18 +135,26 @@ def compile_route(
             assert jp.jwks_url is not None
             cache = jwks.get(jp.jwks_url, jp.jwks_cache_seconds, jp.jwks_min_refresh_seconds, jp.jwks_timeout_seconds)
         verifier = JwtVerifier(jp, audience, secret, cache)
+    # a route naming `oauth` while the built-in server is off takes none of its tokens and advertises nothing
+    builtin = oauth_tokens if auth.builtin_oauth else None
     return RouteAuthn(
         api_key="api_key" in auth.methods,
         anonymous=auth.anonymous,
         anonymous_scopes=frozenset(auth.anonymous_scopes),
         jwt=verifier,
-        resource_metadata=metadata_url(public_url, name) if auth.oauth else None,
+        resource_metadata=metadata_url(public_url, name) if auth.oauth or builtin is not None else None,
+        builtin=builtin,
+        audience=route_url(public_url, name),
     )
+
+
+API_KEY_CHALLENGE = 'ApiKey realm="mcp-gateway"'
 
 
 def _challenge(route: RouteAuthn, err: GatewayError) -> str | None:
     if route.resource_metadata is None:
-        return None
+        # not `Bearer`: clients that see a Bearer challenge may start OAuth discovery against a route that has none
+        return API_KEY_CHALLENGE if route.api_key and err.status == 401 else None
     parts = ['Bearer resource_metadata="' + route.resource_metadata + '"']
     if err.status == 400:
         parts.append('error="invalid_request"')
@@ -177,6 +193,14 @@ class Authn:
             if cred.is_api_key and route.api_key:
                 method = "api_key"
                 ctx.principal = await self._api_key(cred.value, ctx.client_ip)
+            elif (
+                cred.is_jwt
+                and route.builtin is not None
+                and cred.via_header == "authorization"
+                and (route.jwt is None or route.builtin.owns(cred.value))
+            ):
+                method = "jwt"
+                ctx.principal = await route.builtin.verify(cred.value, route.audience, ctx.client_ip, self._key_by_id)
             elif cred.is_jwt and route.jwt is not None and cred.via_header == "authorization":
                 method = "jwt"
                 ctx.principal = await route.jwt.verify(cred.value)
@@ -192,7 +216,9 @@ class Authn:
                 challenge = _challenge(route, err)
                 if challenge is not None:
                     err.headers["WWW-Authenticate"] = challenge
-            log.info("authentication refused", reason=err.reason, method=method, server=ctx.server_name)
+            log.info(
+                "authentication refused", reason=err.reason, method=method, server=bound(ctx.server_name, SERVER_MAX)
+            )
             raise
         self._count(method, "ok")
 
@@ -212,18 +238,22 @@ class Authn:
         self._usage.hit(rec.id)
         return principal
 
+    async def _key_by_id(self, key_id: str) -> KeyRecord | None:
+        """The key behind a built-in OAuth token, from where API keys come from (cached like them)."""
+        rec = self._keys.get(key_id)
+        if rec is None and self._store is not None:
+            rec = await self._store.current(key_id)
+        return rec
+
     def _count(self, method: str, result: str) -> None:
         if self._metrics is not None:
             self._metrics.authn_result(method, result)
 
 
-def build(snapshot: Snapshot, app: web.Application) -> Authn:
-    state = app.get(AUTH)
-    if state is None:  # the subsystem is not installed (bare apps in tests): API keys of the snapshot only
-        state = AuthState(hmac_secret=app.get(API_KEY_SECRET, b""), public_url="", jwks=JwksRegistry())
+def build(snapshot: Snapshot, state: AuthState) -> Authn:
     routes = {
-        name: compile_route(name, server, snapshot, state.public_url, state.jwks)
+        name: compile_route(name, server, snapshot, state.public_url, state.jwks, state.oauth_tokens)
         for name, server in snapshot.servers.items()
     }
-    keys = {kid: from_policy(k) for kid, k in snapshot.keys.items()}
+    keys = dict(snapshot.key_records)  # built with the snapshot, off the loop
     return Authn(routes, keys, state)

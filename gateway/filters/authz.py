@@ -2,12 +2,16 @@
 
 Tool rules come from three places, all checked: the tenant's own (tenants.yaml), access.yaml rules matching the
 tenant, server and role, and the credential's (keys). Deny wins; a rule in `mode: shadow` is evaluated and recorded
-(`ctx.shadow`, metric) but not enforced. A denied tool is also removed from `tools/list` answers (JSON and SSE,
-through `ctx.transform`), so a client never sees what it may not call.
+(`ctx.shadow`, metric) but not enforced. A denied tool is also removed from every tools list sent to the caller
+(`ctx.transform`, set on every request of a caller with hidden tools, GET streams included): the filter goes by the
+answer's shape, not by which request it seems to answer (filters/lists.py says why), so a client never sees what
+it may not call.
 
-Refusals are 403 with a JSON-RPC error, never 404 (MCP clients read 404 as 'session gone'). On OAuth routes a
-scope refusal carries `WWW-Authenticate: Bearer error="insufficient_scope"` so a client can step up; other routes
-and other refusals carry no challenge (it would start an OAuth flow that cannot help).
+Refusals are 403 with a JSON-RPC error, never 404 (MCP clients read 404 as 'session gone'), with one exception: a
+server the tenant may not use is answered exactly like a server that does not exist (404 `unknown_server`; the
+audit record's `notes.route_refused` says which), so a key cannot be used to find other tenants' routes. On OAuth
+routes a scope refusal carries `WWW-Authenticate: Bearer error="insufficient_scope"` so a client can step up; other
+routes and other refusals carry no challenge (it would start an OAuth flow that cannot help).
 """
 
 from __future__ import annotations
@@ -17,24 +21,27 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
-from aiohttp import web
-
-from gateway.auth.keyrecord import tool_matcher
+from gateway.auth.keyrecord import epoch_seconds
+from gateway.auth.pgkeys import PostgresKeyStore
 from gateway.auth.principal import Principal
 from gateway.auth.scopes import required_scope, scope_allows
-from gateway.auth.state import AUTH, metadata_url
+from gateway.auth.state import AuthState, metadata_url
 from gateway.auth.tokens import oauth_scopes_for
 from gateway.auth.tools import ToolMatcher, ToolPolicy
+from gateway.bounds import NAME_MAX
 from gateway.context import RequestContext, ShadowDecision
-from gateway.errors import Forbidden, Unauthenticated
-from gateway.jsonrpc import JsonRpcId, Kind
+from gateway.errors import Forbidden, NotFound, Unauthenticated
+from gateway.filters.lists import Transform
+from gateway.jsonrpc import Kind
 from gateway.policy.access import AccessRule
 from gateway.policy.snapshot import Snapshot
 from gateway.policy.tenants import ToolRules
 
 _MEMO_LIMIT = 4096
+# `_reach` default for a name that is not a server of the snapshot
+_NO_SUCH_SERVER: frozenset[str] = frozenset({"\x00no such server"})
 
 
 def _matcher(rules: ToolRules, source: str) -> ToolMatcher | None:
@@ -70,12 +77,9 @@ class _OAuthRoute:
     scopes_for: Callable[[str], list[str]]
 
 
-def _list_filter(
-    policy: ToolPolicy, extra: ToolMatcher | None, ids: frozenset[JsonRpcId]
-) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def _list_filter(policy: ToolPolicy, extra: ToolMatcher | None) -> Transform:
     def transform(msg: dict[str, Any]) -> dict[str, Any]:
-        if msg.get("id") not in ids:
-            return msg
+        # any message shaped like a tools/list result, whatever its id: ids are the client's and may repeat
         result = msg.get("result")
         if not isinstance(result, dict):
             return msg
@@ -98,23 +102,58 @@ def _list_filter(
 _MAX_TRACKED_TOOLS = 10_000
 
 
-def _recording(
-    seen: dict[str, bool], ids: frozenset[JsonRpcId], then: Callable[[dict[str, Any]], dict[str, Any]] | None
-) -> Callable[[dict[str, Any]], dict[str, Any]]:
+def _recording(seen: dict[str, bool], then: Transform | None) -> Transform:
     """Note each listed tool's readOnlyHint (before any filtering), then hand the message on."""
 
     def transform(msg: dict[str, Any]) -> dict[str, Any]:
-        result = msg.get("result") if msg.get("id") in ids else None
+        result = msg.get("result")
         tools = result.get("tools") if isinstance(result, dict) else None
         if isinstance(tools, list):
             for t in tools:
                 if isinstance(t, dict) and isinstance(name := t.get("name"), str):
                     hints = t.get("annotations")
-                    if name in seen or len(seen) < _MAX_TRACKED_TOOLS:
+                    if len(name) <= NAME_MAX and (name in seen or len(seen) < _MAX_TRACKED_TOOLS):
                         seen[name] = isinstance(hints, dict) and hints.get("readOnlyHint") is True
         return then(msg) if then is not None else msg
 
     return transform
+
+
+def _callable_only(trusted: bool, then: Transform | None) -> Transform:
+    """For a caller whose scopes do not allow `tools/call`: a tools list keeps only what it may still call, the
+    tools a trusted upstream marks read-only (none on other servers), so a list never offers a tool the caller would
+    be refused (issue 16). Runs before the rule filter, after the read-only hints were recorded."""
+
+    def transform(msg: dict[str, Any]) -> dict[str, Any]:
+        result = msg.get("result")
+        tools = result.get("tools") if isinstance(result, dict) else None
+        if isinstance(tools, list) and isinstance(result, dict):
+            kept = [t for t in tools if trusted and _read_only(t)]
+            if len(kept) != len(tools):
+                msg = {**msg, "result": {**result, "tools": kept}}
+        return then(msg) if then is not None else msg
+
+    return transform
+
+
+def _read_only(tool: Any) -> bool:
+    hints = tool.get("annotations") if isinstance(tool, dict) else None
+    return isinstance(hints, dict) and hints.get("readOnlyHint") is True
+
+
+class ListView(NamedTuple):
+    """The inputs that decide one caller's tools, resources and prompts lists (Authz.list_view)."""
+
+    tools: tuple[object, ...]
+    resources: tuple[object, ...]
+    prompts: tuple[object, ...]
+
+
+def _rules_of(matcher: ToolMatcher | None) -> tuple[object, ...] | None:
+    """A matcher's rules as comparable values; a shadow rule hides nothing from lists."""
+    if matcher is None or matcher.shadow:
+        return None
+    return (matcher.allow_patterns, matcher.deny_patterns)
 
 
 class Authz:
@@ -127,8 +166,10 @@ class Authz:
         on_deny: Any = None,
         on_shadow: Any = None,
         readonly_tools: dict[str, dict[str, bool]] | None = None,
+        key_store: PostgresKeyStore | None = None,
     ) -> None:
         self._snapshot = snapshot
+        self._key_store = key_store
         self._trusted = frozenset(n for n, s in snapshot.servers.items() if s.auth.trust_tool_annotations)
         # runtime state shared across snapshots: what trusted upstreams said about their tools
         self._readonly: dict[str, dict[str, bool]] = readonly_tools if readonly_tools is not None else {}
@@ -150,9 +191,7 @@ class Authz:
                 self._reach[name] = frozenset(allowed | set(server.shared_with))
         # keys.yaml keys' own rules, for principals built without them (`mcp-gateway explain`); authn puts the
         # rules of the key it verified on the principal itself (PostgreSQL keys included)
-        self._key_tools: dict[str, ToolMatcher | None] = {
-            kid: tool_matcher(k.tools.allow, k.tools.deny, k.tools.mode == "shadow") for kid, k in snapshot.keys.items()
-        }
+        self._key_tools: dict[str, ToolMatcher | None] = {kid: r.tools for kid, r in snapshot.key_records.items()}
         self._tenant_tools: dict[str, ToolMatcher | None] = {
             name: _matcher(t.tools, "tenant") for name, t in snapshot.tenants.items()
         }
@@ -166,6 +205,10 @@ class Authz:
                 self._oauth[name] = _OAuthRoute(metadata_url(public_url, name), partial(oauth_scopes_for, jwt_policy))
         # (server, tenant, role) -> compiled tool policy; filled on first use, bounded (roles come from tokens)
         self._policies: dict[tuple[str, str, str], ToolPolicy] = {}
+        # the same key -> that policy's list filter (None: it hides nothing); a closure built once, not per request
+        self._list_filters: dict[tuple[str, str, str, ToolMatcher | None, bool], Transform | None] = {}
+        # caller kind -> what it may list (list_view), for list_changed notifications on reload
+        self._views: dict[tuple[object, ...], ListView] = {}
 
     def tool_policy(self, server: str, principal: Principal) -> ToolPolicy:
         tenant = principal.tenant or ""
@@ -184,6 +227,16 @@ class Authz:
         self._policies[key] = policy
         return policy
 
+    def _hidden(self, ctx: RequestContext, why: str) -> NotFound:
+        """A server this tenant may not use gets the answer of a server that does not exist (route discovery); the
+        audit record keeps which it was (`notes.route_refused`)."""
+        known = why != "unknown_server"
+        if self._on_deny is not None:
+            # an unknown name is the caller's string: never a metric label
+            self._on_deny(ctx.server_name if known else "_unknown", why)
+        ctx.notes["route_refused"] = why
+        return NotFound(f"no MCP server named {ctx.server_name!r}")
+
     def _deny(self, ctx: RequestContext, message: str, reason: str, headers: dict[str, str] | None = None) -> Forbidden:
         if self._on_deny is not None:
             self._on_deny(ctx.server_name, reason)
@@ -196,13 +249,18 @@ class Authz:
         if principal.expires_at is not None and principal.expires_at <= time.time():
             # only a connection authenticated earlier (WebSocket) can get here with a credential that has expired
             raise Unauthenticated("credential expired during the connection", reason="credential_expired")
+        if principal.key_source is not None and ctx.transport == "websocket" and not self.key_still_valid(principal):
+            # only a WebSocket authenticates once for many messages: a key revoked, removed or re-hashed since
+            # the upgrade must not keep working on a socket opened before
+            raise Unauthenticated("API key revoked during the connection", reason="key_revoked")
         server = ctx.server_name
-        if not principal.is_anonymous:
-            reach = self._reach.get(server, frozenset())
-            if reach is not None and principal.tenant not in reach:
-                raise self._deny(ctx, f"tenant may not use server {server!r}", "server_not_allowed")
+        reach = self._reach.get(server, _NO_SUCH_SERVER)
+        if reach is _NO_SUCH_SERVER:
+            raise self._hidden(ctx, "unknown_server")
+        if not principal.is_anonymous and reach is not None and principal.tenant not in reach:
+            raise self._hidden(ctx, "server_not_allowed")
         policy: ToolPolicy | None = None
-        list_ids: list[JsonRpcId] = []
+        lists = False
         own_rules = principal.tools
         if own_rules is None and principal.key_id is not None:
             own_rules = self._key_tools.get(principal.key_id)
@@ -219,27 +277,104 @@ class Authz:
             if not scope_allows(principal.scopes, method) and not self._readonly_call(server, principal, env.tool):
                 raise self._scope_denied(ctx, principal, method)
             if method == "tools/list":
-                list_ids.append(env.id)
+                lists = True
                 continue
             tool = env.tool
             if tool is None:
                 continue
             if policy is None:
                 policy = self.tool_policy(server, principal)
-            verdict = policy.verdict(tool, own_rules)
+            # an anonymous caller's tool names are judged, never remembered
+            verdict = policy.verdict(tool, own_rules, remember=not principal.is_anonymous)
             if verdict.shadow_denied_by:
                 self._shadow(ctx, tool, verdict.shadow_denied_by)
             if not verdict.allowed:
                 ctx.notes["tool_denied_by"] = verdict.denied_by
                 raise self._deny(ctx, f"tool {tool!r} is not allowed", "tool_denied")
-        if list_ids:
-            policy = policy or self.tool_policy(server, principal)
-            extra = own_rules if own_rules is not None and not own_rules.shadow else None
-            ids = frozenset(list_ids)
-            transform = _list_filter(policy, extra, ids) if policy.filters_lists or extra is not None else None
-            if server in self._trusted:
-                transform = _recording(self._readonly.setdefault(server, {}), ids, transform)
-            ctx.transform = transform
+        # Every answer this request brings back is filtered for the caller, not only the answer to a tools/list it
+        # asked: a tools list can arrive on any stream (a reused id, a replayed event, a batch array).
+        extra = own_rules if own_rules is not None and not own_rules.shadow else None
+        transform = self._list_filter(server, principal, extra, scope_allows(principal.scopes, "tools/call"))
+        if lists and server in self._trusted:
+            transform = _recording(self._readonly.setdefault(server, {}), transform)
+        ctx.transform = transform
+
+    def key_still_valid(self, principal: Principal) -> bool:
+        """The API key behind a long-lived connection, judged by the keys in force now: keys.yaml's of this
+        snapshot; PostgreSQL's as this process has them cached (refreshed in the background when stale, so a
+        revocation through another replica arrives within the cache TTL; unknown is not a refusal)."""
+        kid = principal.key_id
+        if kid is None or principal.key_source is None:
+            return True  # not an API key's principal (JWT, anonymous, a token judged by its own checks)
+        if principal.key_source == "policy":
+            key = self._snapshot.keys.get(kid)
+            if key is None or key.revoked or key.hash != principal.key_hash:
+                return False
+            expires_at = epoch_seconds(key.expires_at)
+            return expires_at is None or expires_at > time.time()
+        if self._key_store is None:
+            return True
+        return self._key_store.recheck(kid, principal.key_hash) is not False
+
+    def _list_filter(
+        self, server: str, principal: Principal, extra: ToolMatcher | None, can_call: bool
+    ) -> Transform | None:
+        """The caller's list filter: the policy's and the credential's own tool rules, and for a caller that may not
+        call tools, only the tools it may still call. Built once per combination, never per request (a key's own
+        rules are one ToolMatcher per key record, so the memo is bounded by the keys)."""
+        key = (server, principal.tenant or "", principal.role, extra, can_call)
+        try:
+            return self._list_filters[key]
+        except KeyError:
+            pass
+        policy = self.tool_policy(server, principal)
+        transform = _list_filter(policy, extra) if extra is not None or policy.filters_lists else None
+        if not can_call:
+            transform = _callable_only(server in self._trusted, transform)
+        if len(self._list_filters) >= _MEMO_LIMIT:
+            self._list_filters.clear()
+        self._list_filters[key] = transform
+        return transform
+
+    def list_view(self, server: str, principal: Principal) -> ListView:
+        """What `principal` may see listed on `server` under this snapshot, per list kind (tools, resources,
+        prompts), as values two snapshots' views can be compared by: the inputs of the caller's list filter and of
+        the scope checks, never the lists themselves (the upstream's). A keys.yaml key is judged by its record in
+        this snapshot (a reload may change its scopes or tool rules); other credentials by what they presented.
+        Memoized per caller kind, like the list filters."""
+        scopes, role, own = principal.scopes, principal.role, principal.tools
+        kid = principal.key_id
+        if principal.method == "api_key" and kid is not None:
+            record = self._snapshot.keys.get(kid)
+            if record is not None:
+                scopes, role, own = frozenset(record.scopes), record.role, self._key_tools.get(kid)
+        tenant = principal.tenant or ""
+        own_rules = _rules_of(own)
+        key = (server, tenant, role, scopes, own_rules, principal.is_anonymous)
+        view = self._views.get(key)
+        if view is not None:
+            return view
+        reach = self._reach.get(server, _NO_SUCH_SERVER)
+        reachable = reach is not _NO_SUCH_SERVER and (principal.is_anonymous or reach is None or tenant in reach)
+        rules: tuple[object, ...] = ()
+        if reachable:
+            caller = Principal(tenant=principal.tenant, subject=principal.subject, role=role, scopes=scopes)
+            rules = tuple(r for m in self.tool_policy(server, caller).matchers if (r := _rules_of(m)) is not None)
+        tools = (
+            reachable,
+            scope_allows(scopes, "tools/list"),
+            scope_allows(scopes, "tools/call"),
+            server in self._trusted,
+            rules,
+            own_rules,
+        )
+        resources = (reachable, scope_allows(scopes, "resources/list"), scope_allows(scopes, "resources/read"))
+        prompts = (reachable, scope_allows(scopes, "prompts/list"), scope_allows(scopes, "prompts/get"))
+        view = ListView(tools, resources, prompts)
+        if len(self._views) >= _MEMO_LIMIT:
+            self._views.clear()
+        self._views[key] = view
+        return view
 
     def _readonly_call(self, server: str, principal: Principal, tool: str | None) -> bool:
         """A `read` caller may call a tool a trusted upstream marked read-only (MCP-NOTES section 7)."""
@@ -269,14 +404,9 @@ class Authz:
             self._on_shadow(ctx.server_name)
 
 
-def build(snapshot: Snapshot, app: web.Application) -> Authz:
-    state = app.get(AUTH)
-    if state is None or state.metrics is None:
-        return Authz(
-            snapshot,
-            state.public_url if state is not None else "",
-            readonly_tools=state.readonly_tools if state is not None else None,
-        )
+def build(snapshot: Snapshot, state: AuthState) -> Authz:
+    if state.metrics is None:
+        return Authz(snapshot, state.public_url, readonly_tools=state.readonly_tools, key_store=state.key_store)
     m = state.metrics
     return Authz(
         snapshot,
@@ -284,4 +414,5 @@ def build(snapshot: Snapshot, app: web.Application) -> Authz:
         on_deny=lambda server, reason: m.authz_denied.labels(server, reason).inc(),
         on_shadow=lambda server: m.authz_shadow.labels(server).inc(),
         readonly_tools=state.readonly_tools,
+        key_store=state.key_store,
     )

@@ -1,12 +1,14 @@
 """Stage 5: the upstream instance's circuit breaker.
 
-The stage resolves the instance first (a session's own instance, or the balancer's pick; `resolve_upstream` is
-idempotent so the forward stage reuses it), counts the request as outstanding there, and asks that instance's
-breaker. Open -> CircuitOpen (503 + Retry-After) at once, without any connection attempt. A closed breaker costs a
-few attribute reads: no Redis, no lock. The outcome of the call comes back through `ctx.outcome_hooks`.
+The stage chooses the instance first (`UpstreamChoice.choose`, gateway/upstream/choice.py: a session's own
+instance, or the balancer's pick; the forward step reuses the answer), counts the request as outstanding there,
+and asks that instance's breaker. Open -> CircuitOpen (503 + Retry-After) at once, without any connection
+attempt. A closed breaker costs a few attribute reads: no Redis, no lock. The outcome of the call comes back
+through `ctx.outcome_hooks`.
 
 A sessionless request refused by one instance's breaker (half-open with its probes taken) is offered to another
-instance before it is refused. `mode: shadow` breakers record `ShadowDecision("breaker", "circuit_open")` and admit.
+instance (`UpstreamChoice.another`) before it is refused. `mode: shadow` breakers record
+`ShadowDecision("breaker", "circuit_open")` and admit.
 """
 
 from __future__ import annotations
@@ -14,18 +16,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from aiohttp import web
-
-from gateway.breaker.registry import BREAKERS, BreakerRegistry
-from gateway.breaker.state import Admission, CircuitBreaker, is_failure
 from gateway.context import RequestContext, ShadowDecision, UpstreamOutcome
 from gateway.errors import CircuitOpen, GatewayError, SessionNotFound
 from gateway.policy.snapshot import Snapshot
-from gateway.runtime import RUNTIME
-from gateway.sessions import SessionStore
-from gateway.upstream.balancer import BALANCER, Balancer
-from gateway.upstream.health import HEALTH
-from gateway.upstream.routing import Picker, resolve_upstream
+from gateway.resilience.registry import BreakerRegistry
+from gateway.resilience.state import Admission, CircuitBreaker, is_failure
+from gateway.upstream.choice import UpstreamChoice
+from gateway.upstream.health import HealthMonitor
 
 
 class _Ticket:
@@ -53,6 +50,12 @@ class _Ticket:
         self.reported = False
 
     def outcome(self, o: UpstreamOutcome) -> None:
+        if o.error == "pool":
+            # the gateway's own pool cap, not the upstream's failure: counting it would let the gateway open a
+            # healthy upstream's breaker under its own load; a probe slot it held is given back untested
+            if o.upstream == self.url:
+                self.release()
+            return
         br = self.breaker
         pol = br.policy
         failed = is_failure(pol, o.status, o.error)
@@ -97,15 +100,14 @@ class BreakerFilter:
     def __init__(
         self,
         registry: BreakerRegistry,
-        balancer: Balancer,
-        sessions: SessionStore,
-        picker: Picker,
+        choice: UpstreamChoice,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._registry = registry
-        self._balancer = balancer
-        self._sessions = sessions
-        self._picker = picker
+        self._choice = choice
+        # the choice's own callables, read once here
+        self._choose = choice.choose
+        self._begin = choice.begin
         self._clock = clock
 
     async def __call__(self, ctx: RequestContext) -> None:
@@ -113,7 +115,7 @@ class BreakerFilter:
         if server is None:
             return
         try:
-            url = await resolve_upstream(ctx, self._sessions, self._picker)
+            url = await self._choose(ctx)
         except SessionNotFound as err:
             # a routing answer, not a breaker decision: attribute it as the forward stage always did
             err.stage = err.stage or "forward"
@@ -121,7 +123,7 @@ class BreakerFilter:
         pol = server.breaker
         if pol.enabled:
             url = await self._admit(ctx, url)
-        ctx.releases.append(self._balancer.begin(ctx.server_name, url))
+        ctx.releases.append(self._begin(ctx.server_name, url))
 
     async def _admit(self, ctx: RequestContext, url: str) -> str:
         server = ctx.server
@@ -157,26 +159,19 @@ class BreakerFilter:
         if ctx.session_id is not None or server is None or len(tried) >= len(server.upstreams):
             return None
         try:
-            return self._balancer.choose(ctx.server_name, server, exclude=tried)
+            return self._choice.another(ctx.server_name, server, tried)
         except GatewayError:
             return None
 
 
-class PassThrough:
-    """Used when the resilience subsystem is not installed (e.g. a bare app in a unit test)."""
-
-    stage = "breaker"
-
-    async def __call__(self, ctx: RequestContext) -> None:
-        return None
-
-
-def build(snapshot: Snapshot, app: web.Application) -> BreakerFilter | PassThrough:
-    if BREAKERS not in app or BALANCER not in app:
-        return PassThrough()
-    registry = app[BREAKERS]
+def build(
+    snapshot: Snapshot,
+    registry: BreakerRegistry,
+    health: HealthMonitor,
+    choice: UpstreamChoice,
+) -> BreakerFilter:
+    """The stage for `snapshot`; hands the snapshot to the registry and the health monitor, which is how breaker
+    policies and health checks follow reloads."""
     registry.sync(snapshot)
-    if HEALTH in app:
-        app[HEALTH].sync(snapshot)
-    rt = app[RUNTIME]
-    return BreakerFilter(registry, app[BALANCER], rt.sessions, rt.picker)
+    health.sync(snapshot)
+    return BreakerFilter(registry, choice)

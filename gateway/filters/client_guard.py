@@ -7,14 +7,11 @@ Redis round trip. Allowlisted networks (`ddos.allowlist`) are exempt from both.
 
 from __future__ import annotations
 
-from aiohttp import web
-
 from gateway.context import RequestContext, ShadowDecision
 from gateway.errors import IpBlocked, RateLimited
 from gateway.policy.snapshot import Snapshot
 from gateway.ratelimit.compiled import CompiledLimits
 from gateway.ratelimit.headers import limit_headers
-from gateway.ratelimit.install import LIMITER
 from gateway.ratelimit.service import RateLimiter
 
 
@@ -59,15 +56,5 @@ class ClientGuard:
         )
 
 
-class PassThrough:
-    stage = "client_guard"
-
-    async def __call__(self, ctx: RequestContext) -> None:
-        return None
-
-
-def build(snapshot: Snapshot, app: web.Application) -> ClientGuard | PassThrough:
-    limiter = app.get(LIMITER)
-    if limiter is None:
-        return PassThrough()
+def build(snapshot: Snapshot, limiter: RateLimiter) -> ClientGuard:
     return ClientGuard(limiter.compiled(snapshot), limiter)

@@ -3,16 +3,16 @@
 Tiers (each only when policy defines it): global, tenant (its fair share of the global rate, capped by
 `tenant_default`), user (by role; anonymous callers per IP), API key (`rate_limit` of the key). The cost of a
 request is what `limits.costs` and the server's `tool_costs` say; notifications, responses and
-`notifications/cancelled` cost nothing and are never limited. A tools/call takes a concurrency slot and a GET
-stream an open-stream slot when the tenant or key has a cap; both are released through `ctx.releases`.
+`notifications/cancelled` cost nothing and are never limited. A tools/call takes a concurrency slot when the tenant
+or key has a cap; a stream (a GET event stream or a 2026 listen POST) takes an open-stream slot of its tenant and of
+its API key, capped by their own `max_open_streams` or else by `limits.streams` (16 per key, 64 per tenant by
+default: on unless turned off). Slots are released through `ctx.releases`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from typing import Any
-
-from aiohttp import web
 
 from gateway.auth.principal import Principal
 from gateway.context import RequestContext, ShadowDecision
@@ -22,11 +22,11 @@ from gateway.policy.snapshot import Snapshot
 from gateway.ratelimit.compiled import CompiledLimits
 from gateway.ratelimit.gcra import SlotCheck, SlotHold, TierCheck, TierResult, Verdict
 from gateway.ratelimit.headers import add_limit_headers, limit_headers, policy_value, ratelimit_value, tightest
-from gateway.ratelimit.install import LIMITER
 from gateway.ratelimit.service import RateLimiter
 from gateway.ratelimit.shares import ANONYMOUS_TENANT
 from gateway.ratelimit.store import MemoryStore, PreparedTiers
-from gateway.sessions import SESSIONS, SessionStore
+from gateway.upstream.choice import UpstreamChoice
+from gateway.upstream.streams import is_stream
 
 CALL_METHOD = "tools/call"
 # about 1.5 kB a plan (four tiers): a few MB at most per snapshot
@@ -36,6 +36,8 @@ _MAX_CACHED_PLANS = 4096
 def request_cost(ctx: RequestContext, c: CompiledLimits) -> tuple[int, bool]:
     """(cost, takes a tools/call slot). Only requests are charged."""
     if ctx.http_method == "GET":
+        if ctx.transport == "sse":  # a legacy HTTP+SSE stream is a new session as well
+            return max(c.costs.stream, c.costs.initialize), False
         return c.costs.stream, False
     if ctx.http_method not in {"POST", "WS"}:
         return 0, False
@@ -80,35 +82,29 @@ class TierPlan:
 _NO_SLOTS: tuple[SlotCheck, ...] = ()
 
 
+def _no_prefetch(ctx: RequestContext) -> None:
+    """Without an upstream choice (tests of the stage alone) no session lookup is started early."""
+
+
 class RateLimitFilter:
     stage = "ratelimit"
 
-    def __init__(self, compiled: CompiledLimits, limiter: RateLimiter, sessions: SessionStore | None = None) -> None:
+    def __init__(self, compiled: CompiledLimits, limiter: RateLimiter, choice: UpstreamChoice | None = None) -> None:
         self._c = compiled
         self._limiter = limiter
-        self._sessions = sessions
-        self._caps = bool(compiled.tenant_caps or compiled.key_caps)
+        # the upstream choice's session lookup, started early to share the limiter's Redis round trip
+        self._prefetch_session = choice.prefetch if choice is not None else _no_prefetch
+        self._call_caps = any(c.calls for c in (*compiled.tenant_caps.values(), *compiled.key_caps.values()))
+        self._stream_caps = bool(
+            compiled.tenant_streams
+            or compiled.key_streams
+            or any(c.streams for c in (*compiled.tenant_caps.values(), *compiled.key_caps.values()))
+        )
         # plans by (cost, tenant, what the user and key tiers depend on); bounded: cleared when full
         self._plans: dict[tuple[object, ...], TierPlan] = {}
         # the labelled decisions counter of the in-process fast path, looked up on its first use (creating it
         # earlier would export a zero series that the unoptimised path would not)
         self._allowed_memory: Any = None
-
-    def _prefetch_session(self, ctx: RequestContext) -> None:
-        """Start the request's session lookup before the limiter's script is sent: both commands leave in the same
-        write on the Redis hot-path connection and come back in one read, instead of two round trips one after the
-        other (the routing stage finishes the lookup). Streamable HTTP only: other transports bind their session
-        once per stream or socket, not per message."""
-        sessions = self._sessions
-        if (
-            sessions is None
-            or ctx.transport != "streamable-http"
-            or ctx.session_binding is not None
-            or ctx.session_prefetch is not None
-            or ctx.session_id is None
-        ):
-            return
-        ctx.session_prefetch = sessions.prefetch(ctx.server_name, ctx.session_id)
 
     def _plan(self, ctx: RequestContext, p: Principal | None, tenant: str, cost: int) -> TierPlan:
         key: tuple[object, ...]
@@ -138,7 +134,18 @@ class RateLimitFilter:
         if share is not None:
             # a share can be 0 (everything reserved by others): a tiny rate refuses without dividing by zero
             rate = max(1e-3, share if ceiling is None else min(share, ceiling.rate))
-            burst = ceiling.burst if ceiling is not None else max(1.0, rate * c.fair_burst_seconds)
+            if ceiling is not None:
+                burst = ceiling.burst
+            else:
+                burst = rate * c.fair_burst_seconds
+                if g is not None and self._limiter.fair.limited(tenant):
+                    # a tenant held below what it wants gets at most its part of the global burst: otherwise the
+                    # shares add up to more burst than the global tier holds, a tenant the global tier refused
+                    # banks its own burst meanwhile and spends it later against the others (a newcomer joining a
+                    # saturated pair got nothing for a second). Tenants under their share keep the full burst:
+                    # it is what lets their jitter through.
+                    burst = min(burst, g.burst * share * g.interval)
+                burst = max(1.0, burst)
             shadow = ceiling.shadow if ceiling is not None else (g.shadow if g is not None else False)
             tiers.append(TierCheck("tenant", f"t:{tenant}", 1.0 / rate, burst, cost, shadow, True))
         elif ceiling is not None:
@@ -158,24 +165,35 @@ class RateLimitFilter:
         return tiers
 
     def _slots(self, ctx: RequestContext, tenant: str, calls: bool) -> list[SlotCheck]:
-        stream = ctx.http_method == "GET"
-        if not (calls or stream):
-            return []
+        """The caps of a tools/call (`calls`) or a stream."""
+        kind = "calls" if calls else "streams"
         c = self._c
         p = ctx.principal
         out: list[SlotCheck] = []
-        kind = "calls" if calls else "streams"
         tcaps = c.tenant_caps.get(tenant)
-        if tcaps is not None:
-            cap = tcaps.calls if calls else tcaps.streams
-            if cap:
-                out.append(SlotCheck(f"tenant_{kind}", f"c:t:{kind}:{tenant}", cap))
+        if tenant == ANONYMOUS_TENANT:
+            # anonymous callers of each route count apart: those of one tenant's public server must not fill a cap
+            # that another tenant's public server would share (their rates stay one tenant, docs/rate-limits.md)
+            tenant = f"{ANONYMOUS_TENANT}:{ctx.server_name}"
+        if calls:
+            cap = tcaps.calls if tcaps is not None else None
+        else:
+            cap = (tcaps.streams if tcaps is not None else None) or c.tenant_streams
+        if cap:
+            out.append(SlotCheck(f"tenant_{kind}", f"c:t:{kind}:{tenant}", cap))
         if p is not None and p.key_id is not None:
             kcaps = c.key_caps.get(p.key_id)
-            if kcaps is not None:
-                cap = kcaps.calls if calls else kcaps.streams
-                if cap:
-                    out.append(SlotCheck(f"key_{kind}", f"c:k:{kind}:{p.key_id}", cap))
+            if calls:
+                cap = kcaps.calls if kcaps is not None else None
+            else:
+                # keys of the PostgreSQL store are not in the snapshot: they get the default
+                cap = (kcaps.streams if kcaps is not None else None) or c.key_streams
+            if cap:
+                out.append(SlotCheck(f"key_{kind}", f"c:k:{kind}:{p.key_id}", cap))
+        elif not calls and c.key_streams and p is not None and p.is_anonymous:
+            # an anonymous caller has no key: its client address stands for one (the route's anonymous callers
+            # share one tenant bucket, which one address must not fill for the others: review finding)
+            out.append(SlotCheck("key_streams", f"c:a:streams:{ctx.server_name}:{ctx.client_ip}", c.key_streams))
         return out
 
     async def __call__(self, ctx: RequestContext) -> None:
@@ -183,7 +201,12 @@ class RateLimitFilter:
         cost, calls = request_cost(ctx, c)
         p = ctx.principal
         tenant = (p.tenant if p is not None else None) or ANONYMOUS_TENANT
-        slots: Sequence[SlotCheck] = self._slots(ctx, tenant, calls) if self._caps else _NO_SLOTS
+        slots: Sequence[SlotCheck] = _NO_SLOTS
+        if calls:
+            if self._call_caps:
+                slots = self._slots(ctx, tenant, True)
+        elif self._stream_caps and is_stream(ctx):
+            slots = self._slots(ctx, tenant, False)
         plan = self._plan(ctx, p, tenant, cost) if cost > 0 else None
         tiers = plan.tiers if plan is not None else []
         if not tiers and not slots:
@@ -263,15 +286,5 @@ def _releaser(limiter: RateLimiter, hold: SlotHold) -> Callable[[], None]:
     return release
 
 
-class PassThrough:
-    stage = "ratelimit"
-
-    async def __call__(self, ctx: RequestContext) -> None:
-        return None
-
-
-def build(snapshot: Snapshot, app: web.Application) -> RateLimitFilter | PassThrough:
-    limiter = app.get(LIMITER)
-    if limiter is None:
-        return PassThrough()
-    return RateLimitFilter(limiter.compiled(snapshot), limiter, app.get(SESSIONS))
+def build(snapshot: Snapshot, limiter: RateLimiter, choice: UpstreamChoice) -> RateLimitFilter:
+    return RateLimitFilter(limiter.compiled(snapshot), limiter, choice)

@@ -100,7 +100,8 @@ class JwtPolicy(Model):
         return self.algorithms[0].startswith("HS")
 
 
-AuthMethod = Literal["api_key", "jwt"]
+# `oauth`: tokens of the gateway's built-in authorization server (config.yaml `oauth:`, gateway/oauth/)
+AuthMethod = Literal["api_key", "jwt", "oauth"]
 
 
 class RouteAuth(Model):
@@ -123,6 +124,11 @@ class RouteAuth(Model):
     def oauth(self) -> bool:
         """An OAuth resource-server route: JWTs accepted and authorization servers advertised (RFC 9728)."""
         return "jwt" in self.methods and self.jwt is not None and bool(self.jwt.authorization_servers)
+
+    @property
+    def builtin_oauth(self) -> bool:
+        """The route takes tokens of the gateway's built-in authorization server (when it is on)."""
+        return "oauth" in self.methods
 
 
 class UpstreamAuth(Model):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -69,3 +70,27 @@ class SecretRef(Model):
             return path.read_text().strip()
         except OSError as exc:
             raise LookupError(f"cannot read secret file {path}: {exc.strerror}") from None
+
+
+def is_glob(name: str) -> bool:
+    """A shell-style pattern (`fnmatch`), not a plain name: policy names, tool rules and roles are matched this way."""
+    return "*" in name or "?" in name or "[" in name
+
+
+# A problem found in a policy directory, and the error carrying them; here, below the loader and the compile checks
+# (gateway/policy/compilers.py, gateway/auth/checks.py) that both report them.
+@dataclass(frozen=True, slots=True)
+class PolicyProblem:
+    file: str
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        where = f"{self.file}: {self.path}" if self.path else self.file
+        return f"{where}: {self.reason}"
+
+
+class PolicyError(Exception):
+    def __init__(self, problems: list[PolicyProblem]) -> None:
+        self.problems = problems
+        super().__init__("; ".join(str(p) for p in problems))

@@ -8,7 +8,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable
 
-from gateway.policy.loader import PolicyProblem
+from gateway.auth.checks import check_identity
+from gateway.policy.base import PolicyProblem
 from gateway.policy.model import PolicySet
 
 Checker = Callable[[PolicySet], list[PolicyProblem]]
@@ -30,13 +31,7 @@ def _check_cidrs(policy: PolicySet) -> list[PolicyProblem]:
     return out
 
 
-def _check_identity(policy: PolicySet) -> list[PolicyProblem]:
-    from gateway.auth.checks import check_identity
-
-    return check_identity(policy)
-
-
-CHECKERS: list[Checker] = [_check_cidrs, _check_identity]
+CHECKERS: list[Checker] = [_check_cidrs, check_identity]
 
 
 def run_compile_checks(policy: PolicySet) -> list[PolicyProblem]:

@@ -23,7 +23,9 @@ def _default_tiers() -> dict[str, Rate]:
 class Costs(Model):
     """What non-tool requests cost against the limits (0 = free: not charged and never refused by a rate)."""
 
-    initialize: NonNegInt = 0
+    # creating a session (an `initialize`, or the GET that opens a legacy HTTP+SSE session) is not free: each holds
+    # upstream memory until it ends, so a caller cannot open them faster than its rate allows
+    initialize: NonNegInt = 1
     ping: NonNegInt = 0
     stream: NonNegInt = 0  # GET event streams
     default: NonNegInt = 1  # every other request; a `tools/call` without a `tool_costs` entry costs this too
@@ -55,6 +57,16 @@ class DdosPolicy(Model):
     allowlist: list[str] = Field(default_factory=lambda: ["127.0.0.0/8", "::1/128"])
 
 
+class StreamCaps(Model):
+    """Default caps on the long-lived streams (GET event streams, legacy SSE streams, 2026 listen streams) one API
+    key or one tenant holds open at once, over every server and replica. A key's or tenant's own `max_open_streams`
+    replaces the default; `null` leaves keys or tenants without one uncapped. An SDK client holds one stream per
+    session."""
+
+    per_key: PositiveInt | None = 16  # the `max_open_streams` of every API key that sets none
+    per_tenant: PositiveInt | None = 64  # the `max_open_streams` of every tenant that sets none
+
+
 class LimitsFile(Model):
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -71,6 +83,7 @@ class LimitsFile(Model):
     tiers: dict[str, Rate] = Field(default_factory=_default_tiers)
     fairness: Fairness = Field(default_factory=Fairness)
     costs: Costs = Field(default_factory=Costs)
+    streams: StreamCaps = Field(default_factory=StreamCaps)
     ddos: DdosPolicy = Field(default_factory=DdosPolicy)
     # a concurrency slot not refreshed for this long is dropped (a crashed replica cannot leak slots)
     concurrency_slot_ttl_seconds: NonNegFloat = Field(300.0, ge=1)

@@ -8,32 +8,19 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 from pydantic import ValidationError
 
+from gateway.policy.base import PolicyError, PolicyProblem, is_glob
+from gateway.policy.compilers import run_compile_checks
 from gateway.policy.model import POLICY_FILES, PolicySet
 from gateway.policy.snapshot import Snapshot
 
-
-@dataclass(frozen=True, slots=True)
-class PolicyProblem:
-    file: str
-    path: str
-    reason: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}: {self.path}" if self.path else self.file
-        return f"{where}: {self.reason}"
-
-
-class PolicyError(Exception):
-    def __init__(self, problems: list[PolicyProblem]) -> None:
-        self.problems = problems
-        super().__init__("; ".join(str(p) for p in problems))
+# the problem types live in policy/base.py (below the compile checks); callers keep importing them from here
+__all__ = ["PolicyError", "PolicyProblem", "StrictYamlLoader", "load_policy", "no_servers_problem"]
 
 
 def _loc_to_path(loc: tuple[int | str, ...], data: Any = None) -> str:
@@ -177,10 +164,26 @@ def _cross_check(policy: PolicySet, problems: list[PolicyProblem]) -> None:
         if key.tenant not in tenants:
             problems.append(PolicyProblem("keys.yaml", f"keys[{i}].tenant", f"unknown tenant {key.tenant!r}"))
     for i, rule in enumerate(policy.access.rules):
-        if rule.tenant != "*" and rule.tenant not in tenants:
+        # shell-style patterns (authz matches them with fnmatchcase) may name servers and tenants not defined yet;
+        # a plain name must exist, so a typo is caught instead of silently matching nothing
+        if not is_glob(rule.tenant) and rule.tenant not in tenants:
             problems.append(PolicyProblem("access.yaml", f"rules[{i}].tenant", f"unknown tenant {rule.tenant!r}"))
-        if rule.server != "*" and rule.server not in servers:
+        if not is_glob(rule.server) and rule.server not in servers:
             problems.append(PolicyProblem("access.yaml", f"rules[{i}].server", f"unknown server {rule.server!r}"))
+
+
+def no_servers_problem(snapshot: Snapshot) -> PolicyProblem | None:
+    """Why serving this snapshot would remove every route, unless servers.yaml says `allow_empty: true`.
+
+    Checked by `mcp-gateway check` and by reloads, not by every load: a directory holding only keys is fine for the
+    keys CLI, but an empty or truncated servers.yaml must never take every route down on reload."""
+    if snapshot.servers or snapshot.policy.servers.allow_empty:
+        return None
+    return PolicyProblem(
+        "servers.yaml",
+        "servers",
+        "no server is defined, so every route would be removed; set `allow_empty: true` if that is intended",
+    )
 
 
 def load_policy(directory: Path | str) -> Snapshot:
@@ -192,8 +195,6 @@ def load_policy(directory: Path | str) -> Snapshot:
         raise PolicyError(problems)
     policy = PolicySet(**parsed)
     _cross_check(policy, problems)
-    from gateway.policy.compilers import run_compile_checks
-
     problems.extend(run_compile_checks(policy))
     if problems:
         raise PolicyError(problems)

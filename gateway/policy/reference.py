@@ -8,17 +8,25 @@ drift from what the loader accepts. A unit test regenerates it and compares. Reg
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
-
-from gateway.policy.schema import policy_schemas
 
 HEADER = """# Policy reference
 
 Generated from the policy models by `mcp-gateway schema --reference docs/policy-reference.md`; do not edit by hand.
 Each policy file in `policies/` is validated against these fields (unknown keys are errors). Types: `a | b` is
 either; `list[x]` a YAML list; `map[x]` a mapping from names to x. A `-` default means required or none.
+
+**Reloads and open sessions.** Lists (tools, resources, prompts) are filtered for their caller by tool rules (tenants,
+`access.yaml`, keys), scopes and route access. A reload that changes what an open session's caller may list sends
+that session `notifications/tools/list_changed` (and `resources/` / `prompts/` for those kinds) on its Streamable
+HTTP GET stream, once per reload and kind, so the client lists again; a reload that changes nothing for the caller
+sends nothing. A keys.yaml key is judged by its record in the new policy (a scope or tool-rule edit counts), other
+credentials by what they presented. Only sessions whose GET stream is open through a gateway process that loaded the
+edit are told; with several replicas each notifies the streams it relays when it reloads (docs/transports.md).
+Legacy HTTP+SSE and WebSocket sessions are not notified.
 """
 
 
@@ -88,9 +96,10 @@ def _object_table(title: str, node: dict[str, Any], defs: dict[str, Any]) -> lis
     return lines
 
 
-def render_reference() -> str:
+def render_reference(schemas: Mapping[str, dict[str, Any]]) -> str:
+    """The reference page from the policy files' JSON Schemas (gateway/policy/schema.py `policy_schemas`)."""
     out = [HEADER]
-    for file_name, schema in policy_schemas().items():
+    for file_name, schema in schemas.items():
         policy_file = file_name.replace(".schema.json", ".yaml")
         defs: dict[str, Any] = schema.get("$defs", {})
         out += [f"## `{policy_file}`", ""]

@@ -59,6 +59,10 @@ class RetryPolicy(Model):
 
 
 class PoolPolicy(Model):
+    # request/response connections per upstream origin (per gateway process)
     max_connections: PositiveInt = 100
     max_wait_seconds: PositiveFloat = 5.0
     keepalive_seconds: PositiveFloat = 30.0
+    # long-lived streams (GET event streams, legacy SSE, 2026 listen) per upstream origin and process, in their own
+    # pool: they never take a connection request/response traffic needs; divided fairly among tenants when full
+    max_streams: PositiveInt = 100

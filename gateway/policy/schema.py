@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 
 from gateway.policy.model import POLICY_FILES
+from gateway.policy.reference import render_reference
 
 SCHEMA_DRAFT = "https://json-schema.org/draft/2020-12/schema"
 SCHEMA_ID_BASE = "https://mcp-gateway.dev/schema/"
@@ -73,9 +74,7 @@ def stale_schemas(directory: Path) -> list[str]:
 
 def _cmd_schema(args: argparse.Namespace) -> int:
     if args.reference is not None:
-        from gateway.policy.reference import render_reference
-
-        Path(args.reference).write_text(render_reference())
+        Path(args.reference).write_text(render_reference(policy_schemas()))
         print(args.reference)
         return 0
     if args.write is not None:

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import structlog
-from aiohttp import web
 
 from gateway.chain import Chain
-from gateway.policy.loader import PolicyError, load_policy
+from gateway.loophold import background
+from gateway.policy.loader import PolicyError, load_policy, no_servers_problem
 from gateway.policy.snapshot import Snapshot
 
 log = structlog.get_logger("gateway.policy")
@@ -49,11 +50,19 @@ class PolicyStore:
         self._active: Active | None = None
         self._lock = asyncio.Lock()
         self._mtimes: dict[str, float] = {}
+        # called after each reload that changed the policy, with the new active policy (must not block)
+        self.listeners: list[Callable[[Active], object]] = []
 
     @property
     def active(self) -> Active:
-        assert self._active is not None, "policy not loaded"
+        """The snapshot and chain requests use; only read once the app has started (the policy loads first)."""
+        if self._active is None:
+            raise RuntimeError("policy not loaded")
         return self._active
+
+    def current_snapshot(self) -> Snapshot | None:
+        """The active snapshot, or None before the first load (background tasks start before it)."""
+        return self._active.snapshot if self._active is not None else None
 
     def load_initial(self) -> Snapshot:
         """First load at startup: failure is fatal (there is no last good snapshot to keep)."""
@@ -75,6 +84,9 @@ class PolicyStore:
             try:
                 # parsing is CPU work on small files; a thread keeps the loop responsive for big key lists
                 snapshot = await asyncio.to_thread(load_policy, self.directory)
+                emptied = no_servers_problem(snapshot)
+                if emptied is not None and self.active.snapshot.servers:
+                    raise PolicyError([emptied])
                 chain = self._build_chain(snapshot)
             except PolicyError as exc:
                 errors = tuple(str(p) for p in exc.problems)
@@ -88,6 +100,12 @@ class PolicyStore:
                 self._active = Active(snapshot, chain)
                 result = ReloadResult(True, snapshot.version, changed)
                 log.info("policy reloaded", trigger=trigger, version=snapshot.version, changed=changed)
+                if changed:
+                    for listener in self.listeners:
+                        try:
+                            listener(self._active)
+                        except Exception:  # a listener's failure must not fail the reload that already happened
+                            log.exception("reload listener failed")
             if self._on_result:
                 self._on_result(result, self.active.snapshot)
             return result
@@ -108,7 +126,11 @@ class PolicyStore:
     def files_changed(self) -> bool:
         return self._scan() != self._mtimes
 
-    async def watch(self, interval: float) -> None:
+    def watch(self, interval: float) -> Coroutine[Any, Any, None]:
+        """The polling task's coroutine, its loop holds measured (gateway/loophold.py) as `policy-watcher`."""
+        return background(self._watch(interval), "policy-watcher")
+
+    async def _watch(self, interval: float) -> None:
         """Poll the directory (portable, no inotify dependency; a stat of five files per second is nothing)."""
         while True:
             await asyncio.sleep(interval)
@@ -122,7 +144,7 @@ class PolicyStore:
         pending: set[asyncio.Task[ReloadResult]] = set()
 
         def on_sighup() -> None:
-            task = loop.create_task(self.reload("sighup"))
+            task = loop.create_task(background(self.reload("sighup"), "policy-reload"))
             pending.add(task)
             task.add_done_callback(pending.discard)
 
@@ -130,6 +152,3 @@ class PolicyStore:
             loop.add_signal_handler(signal.SIGHUP, on_sighup)
         except (NotImplementedError, RuntimeError, ValueError):  # not the main thread / not supported
             log.warning("SIGHUP reload not available in this process")
-
-
-POLICY: web.AppKey[PolicyStore] = web.AppKey("policy_store", PolicyStore)

@@ -5,6 +5,11 @@ there, so the client never sees the outage), logs it and sets `mcp_gateway_ratel
 fallback no request touches Redis; a background probe pings it every `probe_interval_seconds` and switches back as
 soon as it answers. `fail_mode` chooses what the fallback is: `fallback` (in process, each replica taking
 `fallback_share` of the global and tenant rates), `open` (admit everything) or `closed` (refuse with 503).
+
+A switch admits no more than the limits allow: the fallback's buckets start empty at the switch (admitting at the
+rate, no burst), and on the way back the fallback's buckets that are not full are carried over to Redis (seal.lua,
+keeping a later state Redis holds), since Redis's own state is from before the outage. Both err toward refusing for
+one burst window rather than admitting a burst twice.
 """
 
 from __future__ import annotations
@@ -19,11 +24,11 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from gateway.errors import ServiceUnavailable
+from gateway.net.redis_mux import BUSY
 from gateway.ratelimit.gcra import SlotCheck, SlotHold, TierCheck, Verdict
 from gateway.ratelimit.metrics import RateLimitMetrics
 from gateway.ratelimit.redis_store import RedisLimiterStore
 from gateway.ratelimit.store import MemoryStore
-from gateway.redis_mux import BUSY
 
 log = structlog.get_logger("gateway.ratelimit")
 
@@ -31,6 +36,7 @@ STORE_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, TimeoutErr
 # what redis-py's BlockingConnectionPool raises when no connection frees up within its timeout, and the hot-path
 # connection when too many commands are in flight
 POOL_EXHAUSTED = BUSY
+SEAL_TIMEOUT_SECONDS = 5.0
 
 
 def _scaled(tiers: Sequence[TierCheck], share: float) -> list[TierCheck]:
@@ -143,6 +149,7 @@ class LimiterBackend:
         if self.degraded:
             return
         self.degraded = True
+        self.memory.begin_fallback()
         self.metrics.backend_fallback.set(1)
         self.metrics.fallbacks.labels("to_fallback").inc()
         log.warning("redis unreachable; rate limits now decided in process", error=f"{type(exc).__name__}: {exc}")
@@ -154,8 +161,14 @@ class LimiterBackend:
         try:
             async with asyncio.timeout(max(0.5, self.probe_interval)):
                 await self.redis.ping()
+            # Redis's buckets are from before the outage (or gone): the buckets the fallback emptied are carried
+            # over, so switching back admits no second burst on top of the fallback's. Its own timeout: a large
+            # state must not make every probe fail and keep the replica in fallback
+            async with asyncio.timeout(SEAL_TIMEOUT_SECONDS):
+                await self.redis.seal(self.memory.fallback_state())
         except STORE_ERRORS:
             return False
+        self.memory.end_fallback()
         self.degraded = False
         self.metrics.backend_fallback.set(0)
         self.metrics.fallbacks.labels("to_redis").inc()

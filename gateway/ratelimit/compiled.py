@@ -52,6 +52,9 @@ class CompiledLimits:
     fair_burst_seconds: float
     tenant_caps: Mapping[str, Caps]
     key_caps: Mapping[str, Caps]
+    # `limits.streams`: the open-stream cap of a tenant or key without its own `max_open_streams` (None: no cap)
+    tenant_streams: int | None
+    key_streams: int | None
     fail_mode: str
     fallback_share: float
     probe_interval: float
@@ -115,6 +118,8 @@ def compile_limits(snapshot: Snapshot) -> CompiledLimits:
         fair_burst_seconds=lim.fairness.burst_seconds,
         tenant_caps=MappingProxyType(tenant_caps),
         key_caps=MappingProxyType(key_caps),
+        tenant_streams=lim.streams.per_tenant,
+        key_streams=lim.streams.per_key,
         fail_mode=lim.fail_mode,
         fallback_share=lim.fallback_share,
         probe_interval=lim.probe_interval_seconds,

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 import structlog
 
+from gateway.pacing import Slice
 from gateway.ratelimit.metrics import RateLimitMetrics
 
 log = structlog.get_logger("gateway.ratelimit.ddos")
@@ -129,10 +130,16 @@ class IpBlocker:
         return dict(self._blocked)
 
     async def sync_once(self) -> None:
-        """Publish this replica's new blocks and adopt everybody's (one pipeline)."""
+        """Publish this replica's new blocks and adopt everybody's (one pipeline).
+
+        Under a flood the list may hold many thousands of addresses: the walks over it go in time slices."""
         now = self._clock()
-        for ip in [ip for ip, until in self._blocked.items() if until <= now]:
-            del self._blocked[ip]
+        slice_ = Slice()
+        for ip, until in list(self._blocked.items()):
+            if until <= now and self._blocked.get(ip) == until:
+                del self._blocked[ip]
+            if slice_.spent():
+                await slice_.next()
         if self._client is not None:
             outbox, self._outbox = self._outbox, []
             try:
@@ -151,6 +158,8 @@ class IpBlocker:
                     ip = member.decode() if isinstance(member, bytes) else str(member)
                     if until > self._blocked.get(ip, 0.0):
                         self._blocked[ip] = float(until)
+                    if slice_.spent():
+                        await slice_.next()
         else:
             self._outbox.clear()
         self._metrics.blocked_ips.set(len(self._blocked))

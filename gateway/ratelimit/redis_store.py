@@ -2,11 +2,12 @@
 reloaded on NOSCRIPT), on Redis's clock so replicas with skewed clocks still share one timeline.
 
 The per-request EVALSHA goes over the client's multiplexed hot-path connection when it has one
-(gateway/redis_mux.py); slot release, refresh, script loading and probes stay on redis-py.
+(gateway/net/redis_mux.py); slot release, refresh, script loading and probes stay on redis-py.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import uuid
 from collections.abc import Sequence
@@ -16,9 +17,9 @@ from typing import NamedTuple
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
+from gateway.net.redis_mux import RedisMux, pack
 from gateway.ratelimit.gcra import SlotCheck, SlotHold, TierCheck, TierResult, Verdict, refusing_tier
 from gateway.redis_client import hot_path
-from gateway.redis_mux import RedisMux, pack
 
 _US = 1_000_000.0
 _MAX_PACKED = 4096  # as the rate-limit stage's plan cache: one entry per client plan
@@ -41,8 +42,6 @@ class LuaScript:
     """
 
     def __init__(self, client: aioredis.Redis, source: str, hot: RedisMux | None = None) -> None:
-        import hashlib
-
         self._client = client
         self._hot = hot
         self.source = source
@@ -92,6 +91,7 @@ class RedisLimiterStore:
         self._prefix = f"{prefix}rl:"
         self._decide = LuaScript(client, script_source("decide.lua"), self._hot)
         self._refresh = LuaScript(client, script_source("refresh.lua"))
+        self._seal = LuaScript(client, script_source("seal.lua"))
         # slot members are unique across replicas: a random replica id and a counter
         self._replica = uuid.uuid4().hex[:12]
         self._ids = itertools.count(1)
@@ -176,6 +176,14 @@ class RedisLimiterStore:
                 members.append(hold.member)
         for i in range(0, len(keys), 500):
             await self._refresh(keys[i : i + 500], [int(slot_ttl * _US), *members[i : i + 500]])
+
+    async def seal(self, state: dict[str, float]) -> None:
+        """Carry the in-process fallback's buckets over (key -> seconds until full): each key's TAT in Redis becomes
+        at least now + that, on Redis's clock."""
+        items = list(state.items())
+        for i in range(0, len(items), 500):
+            chunk = items[i : i + 500]
+            await self._seal([self._prefix + k for k, _ in chunk], [repr(ahead * _US) for _, ahead in chunk])
 
     async def ping(self) -> None:
         await self._client.ping()

@@ -1,5 +1,5 @@
 """The limiter of one gateway process: store (Redis or in process, with failover), fair shares, IP blocker, and
-the background tasks that keep them current. One per app, under the `LIMITER` AppKey (see install.py)."""
+the background tasks that keep them current. One per gateway, built by `build_limiter` (factory.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
+from gateway.loophold import background
 from gateway.policy.snapshot import Snapshot
 from gateway.ratelimit.backend import LimiterBackend
 from gateway.ratelimit.compiled import CompiledLimits, compile_limits
@@ -80,10 +81,10 @@ class RateLimiter:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._tasks = [
-            loop.create_task(self.backend.probe_loop(), name="ratelimit-probe"),
-            loop.create_task(self._refresh_loop(), name="ratelimit-slot-refresh"),
-            loop.create_task(self.fair.run(), name="ratelimit-fair-shares"),
-            loop.create_task(self.blocker.run(), name="ratelimit-ip-blocks"),
+            loop.create_task(background(self.backend.probe_loop(), "ratelimit-probe"), name="ratelimit-probe"),
+            loop.create_task(background(self._refresh_loop(), "ratelimit-slot-refresh"), name="ratelimit-slot-refresh"),
+            loop.create_task(background(self.fair.run(), "ratelimit-fair-shares"), name="ratelimit-fair-shares"),
+            loop.create_task(background(self.blocker.run(), "ratelimit-ip-blocks"), name="ratelimit-ip-blocks"),
         ]
 
     async def stop(self) -> None:

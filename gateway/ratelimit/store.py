@@ -55,6 +55,9 @@ class MemoryStore:
         self._ids = itertools.count(1)
         self._ops = 0
         self._sweep_every = sweep_every
+        # While a Redis-backed replica decides in process (fallback): buckets start empty at the switch, so the
+        # switch itself admits no burst, and the tolerance of every key used is kept for sealing Redis on return.
+        self._empty_at: float | None = None
 
     def __len__(self) -> int:
         return len(self._tats)
@@ -65,6 +68,22 @@ class MemoryStore:
         if self._ops % self._sweep_every == 0:
             self.sweep(now)
         return self._decide_at(tiers, slots, slot_ttl, now)
+
+    def begin_fallback(self) -> None:
+        """Redis just failed: decide in process from now on, every bucket empty at this instant (TATs of an earlier
+        outage are forgotten). A full bucket here would admit a whole burst beyond what Redis already admitted."""
+        self._tats.clear()
+        self._empty_at = self._clock()
+
+    def fallback_state(self) -> dict[str, float]:
+        """Key -> seconds until its bucket is full again, for every tier whose bucket is not full now: what sealing
+        Redis on the way back carries over. Read from the live TATs, which the sweep keeps bounded to the keys
+        active within one burst window (a separate list of every key decided grew with every client address)."""
+        now = self._clock()
+        return {key: tat - now for key, tat in self._tats.items() if tat > now}
+
+    def end_fallback(self) -> None:
+        self._empty_at = None
 
     def decide_lean(self, prepared: PreparedTiers) -> Verdict | TierResult | None:
         """What `decide_now(prepared.tiers, [], 0)` decides and writes, without building its Verdict when every tier
@@ -111,10 +130,15 @@ class MemoryStore:
         results: list[TierResult] = []
         news: list[float | None] = []
         admitted = True
+        empty_at = self._empty_at
         for check in tiers:
             t = check.interval
             tau = check.burst * t
             tat = tats.get(check.key)
+            if tat is None and empty_at is not None:
+                # first use since the switch to fallback: the bucket starts empty (remembered even if this request
+                # is refused, so that sealing Redis on the way back carries it over)
+                tat = tats[check.key] = empty_at + tau
             base = now if tat is None or tat < now else tat
             new = base + check.cost * t
             diff = new - now

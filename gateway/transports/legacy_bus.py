@@ -14,9 +14,8 @@ from typing import TYPE_CHECKING
 
 import orjson
 import structlog
-from aiohttp import web
 
-from gateway.pubsub import RedisSubscriber
+from gateway.net.pubsub import RedisSubscriber
 from gateway.upstream.legacy_sse import LiveStreams
 
 if TYPE_CHECKING:
@@ -65,6 +64,3 @@ class LegacyEventBus:
         task = asyncio.create_task(live.inject(event.encode()))
         self._writes.add(task)
         task.add_done_callback(self._writes.discard)
-
-
-LEGACY_BUS: web.AppKey[LegacyEventBus] = web.AppKey("legacy_event_bus", LegacyEventBus)

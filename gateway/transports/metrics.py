@@ -5,7 +5,6 @@ Labels are bounded: server names come from policy, directions and ops are fixed 
 
 from __future__ import annotations
 
-from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 
@@ -20,6 +19,12 @@ class TransportMetrics:
         self.legacy_injected_errors = Counter(
             "mcp_gateway_legacy_sse_injected_errors_total",
             "Refusals of legacy HTTP+SSE POSTs also delivered as a `message` event on the session's stream",
+            ["server"],
+            registry=registry,
+        )
+        self.legacy_endpoint_refused = Counter(
+            "mcp_gateway_legacy_sse_endpoint_refused_total",
+            "Legacy HTTP+SSE streams closed because the upstream named a message endpoint off its own origin",
             ["server"],
             registry=registry,
         )
@@ -42,6 +47,3 @@ class TransportMetrics:
             ["op"],
             registry=registry,
         )
-
-
-TRANSPORT_METRICS: web.AppKey[TransportMetrics] = web.AppKey("transport_metrics", TransportMetrics)

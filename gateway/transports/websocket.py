@@ -1,10 +1,13 @@
 """WebSocket on routes with `transport: websocket`: client -> gateway WS at `/mcp/{server}` -> upstream WS.
 
-Credentials are checked once, at the upgrade (client_guard + authn). Every text frame is then its own request
-context running authz, limits and the breaker (and observed by audit and metrics), so a reload or a limit applies
-per message. A refused request gets a JSON-RPC error frame with its id and the socket stays open. Frames are
-handled in order, one at a time, so the upstream sees them in the order the client sent them. Close codes cross in
-both directions; pings keep both sockets alive (aiohttp heartbeat).
+Credentials are checked once, at the upgrade (client_guard + authn), and so is the route (authz: a tenant that may
+not reach the server is refused with an HTTP answer before any upstream socket is opened). Every text frame is then
+its own request context running authz, limits and the breaker (and observed by audit and metrics), so a reload or a
+limit applies per message. A refused request gets a JSON-RPC error frame with its id and the socket stays open.
+Frames are handled in order, one at a time, so the upstream sees them in the order the client sent them. A request
+id may be in flight only once per socket (a second one is refused, `duplicate_request_id`); every upstream frame
+holding a tools list (an object or an array, whatever its id) is filtered for the socket's principal. Close codes
+cross in both directions; pings keep both sockets alive (aiohttp heartbeat).
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from typing import Any
+from collections.abc import Callable
 
 import aiohttp
 import orjson
@@ -23,59 +26,85 @@ from aiohttp import WSMsgType, web
 from gateway.chain import CONNECT_STAGES, MESSAGE_STAGES, Chain, note_refusal
 from gateway.context import RequestContext, UpstreamOutcome
 from gateway.errors import (
-    Forbidden,
     GatewayError,
     InvalidRequest,
     MethodNotAllowed,
     UpstreamUnavailable,
     error_payload,
 )
-from gateway.jsonrpc import JsonRpcId, Kind, best_effort_id, parse_message
-from gateway.policy.store import POLICY, Active
-from gateway.runtime import RUNTIME
-from gateway.transports.common import new_context, origin_ok, refuse_early, render
-from gateway.transports.metrics import TRANSPORT_METRICS
-from gateway.upstream.pool import POOLS
-from gateway.upstream.routing import resolve_upstream
+from gateway.jsonrpc import Kind, best_effort_id, parse_message
+from gateway.policy.store import Active, PolicyStore
+from gateway.sessions import SessionStore
+from gateway.transports.common import ContextFactory, default_route_prepare, refuse_unusable_route, render
+from gateway.transports.inflight import InFlightIds, Key
+from gateway.transports.listchanged import authz_of
+from gateway.transports.lists import CallerLists
+from gateway.transports.metrics import TransportMetrics
+from gateway.upstream.choice import UpstreamChoice
+from gateway.upstream.credentials import UpstreamCredentials
+from gateway.upstream.pool import UpstreamPools
+from gateway.upstream.routing import check_presented, presented_session_id
+from gateway.upstream.stdio.forwarder import StdioForwarder
+from gateway.upstream.stdio.socket import StdioSocket
 from gateway.upstream.websocket import SUBPROTOCOL, connect_upstream, sendable_close_code
 
 log = structlog.get_logger("gateway.transports.websocket")
 
 # WebSocket frames carry no version header; batches (2025-03-26 only) are not accepted on this transport
 NO_BATCH_VERSION = "2025-06-18"
-_MAX_PENDING = 1024
 
 
 class WebSocketHandler:
-    def __init__(self, app: web.Application) -> None:
-        self._app = app
-
-    def _heartbeat(self) -> float:
-        from gateway.app import SETTINGS  # app imports the transports: resolve at call time
-
-        return self._app[SETTINGS].http.ws_heartbeat_seconds
+    def __init__(
+        self,
+        *,
+        policy: PolicyStore,
+        transport_metrics: TransportMetrics,
+        new_context: ContextFactory,
+        max_body_bytes: int,
+        sessions: SessionStore,
+        choice: UpstreamChoice,
+        pools: UpstreamPools,
+        credentials: UpstreamCredentials,
+        heartbeat: float,
+        stdio: StdioForwarder,
+    ) -> None:
+        self._policy = policy
+        self._transport_metrics = transport_metrics
+        self._new_context = new_context
+        self._max_body_bytes = max_body_bytes
+        self._sessions = sessions
+        # the upstream instance: the session's own, or the balancer's pick (gateway/upstream/choice.py)
+        self._choose = choice.choose
+        self._pools = pools
+        self._credentials = credentials
+        # http.ws_heartbeat_seconds: pings on both sockets
+        self._heartbeat = heartbeat
+        # `transport: stdio` routes: a process (or a channel of the shared one) stands for the upstream socket
+        # `transport: stdio` routes: a socket per client socket or a shared channel (gateway/upstream/stdio/)
+        self._stdio = stdio
 
     async def __call__(self, request: web.Request, active: Active) -> web.StreamResponse:
-        rt = self._app[RUNTIME]
         name = request.match_info["server"]
         server = active.snapshot.servers.get(name)
         chain: Chain = active.chain
-        ctx = new_context(request, rt, active.snapshot, name, server, "websocket")
+        ctx = self._new_context(request, active.snapshot, name, server, "websocket")
         if server is None:  # pragma: no cover - the dispatcher only calls with a known server
             raise web.HTTPNotFound()
-        if not origin_ok(rt, request.headers.get("Origin")):
-            return refuse_early(chain, ctx, Forbidden("Origin not allowed", reason="bad_origin"))
+        # the route's own refusals come after authn and authz, so they cannot tell an anonymous caller or another
+        # tenant that the route exists
         if request.method != "GET":
             not_allowed = MethodNotAllowed(
                 f"{request.method} is not served on a WebSocket route", headers={"Allow": "GET"}
             )
-            return refuse_early(chain, ctx, not_allowed)
+            prepare = default_route_prepare(self._max_body_bytes) if request.method == "POST" else None
+            return await refuse_unusable_route(chain, ctx, not_allowed, prepare)
         client = web.WebSocketResponse(
             protocols=(SUBPROTOCOL,),
-            heartbeat=self._heartbeat(),
+            heartbeat=self._heartbeat,
             autoclose=False,
             autoping=True,
-            max_msg_size=server.max_body_bytes or rt.max_body_bytes,
+            max_msg_size=server.max_body_bytes or self._max_body_bytes,
             compress=False,
         )
         if not client.can_prepare(request).ok:
@@ -85,40 +114,72 @@ class WebSocketHandler:
                 reason="upgrade_required",
                 headers={"Upgrade": "websocket"},
             )
-            return refuse_early(chain, ctx, upgrade)
-        # the upgrade itself is a request: credentials, then the upstream socket; refusals are plain HTTP answers
+            return await refuse_unusable_route(chain, ctx, upgrade)
+        # the upgrade itself is a request: credentials and the route's authorization, then the upstream socket;
+        # refusals are plain HTTP answers, and a refused upgrade never costs an upstream connection
+        held: list[Callable[[], None]] = []  # the socket's places under the stream caps, kept while it is open
         try:
+            presented = presented_session_id(request.headers)
+            chain.begin_trace(ctx)
             await chain.admit(ctx, CONNECT_STAGES)
-            url = await resolve_upstream(ctx, rt.sessions, rt.picker)
-            upstream = await connect_upstream(
-                ctx,
-                self._app[POOLS],
-                server,
-                url,
-                heartbeat=self._heartbeat(),
-                extra_headers=rt.upstream_credentials(ctx.snapshot, name),
-            )
+            if presented is not None:
+                await check_presented(ctx, self._sessions, presented)
+            # a socket holds an upstream connection for as long as it is open, like a GET event stream: it is
+            # charged like one and takes a place under the key's and tenant's stream caps (docs/rate-limits.md), so
+            # one key's idle sockets cannot take every upstream connection of the route
+            await chain.admit(ctx, UPGRADE_LIMIT_STAGES)
+            held, ctx.releases = ctx.releases, []
+            url = await self._choose(ctx)
+            upstream: aiohttp.ClientWebSocketResponse | StdioSocket
+            if server.transport == "stdio":
+                upstream = await self._stdio.connect(ctx, server, url)
+            else:
+                upstream = await connect_upstream(
+                    ctx,
+                    self._pools,
+                    server,
+                    url,
+                    heartbeat=self._heartbeat,
+                    extra_headers=self._credentials(ctx.snapshot, name),
+                )
         except GatewayError as err:
+            _release(held)
             note_refusal(ctx, err)
             resp = render(ctx, server, err)
             chain.finish(ctx)
             return resp
+        except BaseException:
+            _release(held)
+            raise
         try:
             await client.prepare(request)
         except BaseException:
+            _release(held)
             await upstream.close(code=1001)
             raise
         ctx.http_status = 101
         ctx.session_id = uuid.uuid4().hex  # groups this socket's messages in audit
         chain.finish(ctx)
-        conn = _Connection(self._app, request, ctx, client, upstream, url)
-        gauge = self._app[TRANSPORT_METRICS].ws_connections.labels(name)
+        conn = _Connection(self._policy, self._transport_metrics, request, ctx, client, upstream, url)
+        gauge = self._transport_metrics.ws_connections.labels(name)
         gauge.inc()
         try:
             await conn.run()
         finally:
             gauge.dec()
+            _release(held)
         return client
+
+
+# the rate-limit stage at the upgrade: the socket's cost and its places under the stream caps
+UPGRADE_LIMIT_STAGES: tuple[str, ...] = ("ratelimit",)
+# refusals after which a socket is closed (1008, policy violation): its credential will not become good again
+CREDENTIAL_GONE = frozenset({"credential_expired", "key_revoked"})
+
+
+def _release(held: list[Callable[[], None]]) -> None:
+    while held:
+        held.pop()()
 
 
 class _Connection:
@@ -126,22 +187,25 @@ class _Connection:
 
     def __init__(
         self,
-        app: web.Application,
+        policy: PolicyStore,
+        transport_metrics: TransportMetrics,
         request: web.Request,
         upgrade: RequestContext,
         client: web.WebSocketResponse,
-        upstream: aiohttp.ClientWebSocketResponse,
+        upstream: aiohttp.ClientWebSocketResponse | StdioSocket,
         url: str,
     ) -> None:
-        self._app = app
+        self._policy = policy
         self._request = request
         self._upgrade = upgrade
         self._client = client
         self._upstream = upstream
         self._url = url
-        self._pending: dict[JsonRpcId, Any] = {}  # request id -> transform of its answer
+        self._in_flight = InFlightIds()  # ids of requests relayed whose answer has not come back
+        self._claimed: list[Key] = []  # what the frame being handled claimed (frames are handled one at a time)
+        self._lists = CallerLists(policy, upgrade)
         self._seq = 0
-        metrics = app[TRANSPORT_METRICS].ws_messages
+        metrics = transport_metrics.ws_messages
         server = upgrade.server_name
         self._in_ok = metrics.labels(server, "in", "relayed")
         self._in_refused = metrics.labels(server, "in", "refused")
@@ -194,14 +258,28 @@ class _Connection:
     async def _upstream_to_client(self) -> None:
         client, upstream = self._client, self._upstream
         async for msg in upstream:
+            if not self._credential_good():
+                # an idle client sends no frame to be refused: the server's messages must stop all the same
+                await client.close(code=1008, message=b"credential no longer valid")
+                await upstream.close(code=1000)
+                return
             if msg.type is WSMsgType.TEXT:
-                data: str = msg.data
-                if self._pending:
-                    data = self._transformed(data)
+                data = await self._lists.pass_on(msg.data, self._in_flight)
+                if data is None:
+                    self._upgrade.notes["dropped_unfilterable"] = True
+                    log.warning(
+                        "upstream frame that may hold a tools list is not JSON; dropped",
+                        server=self._upgrade.server_name,
+                    )
+                    continue
                 await client.send_str(data)
                 self._out_ok.inc()
             elif msg.type is WSMsgType.BINARY:
-                await client.send_bytes(msg.data)
+                # one JSON-RPC message per *text* frame, both ways: a binary frame would reach the client unfiltered
+                # (the SDKs parse binary frames too), so it ends the socket as a client's binary frame does
+                await client.close(code=1003, message=b"text frames only")
+                await upstream.close(code=1003)
+                return
             elif msg.type is WSMsgType.CLOSE:
                 code = sendable_close_code(upstream.close_code, abnormal=1011)
                 await client.close(code=code, message=_reason(msg.extra))
@@ -211,12 +289,23 @@ class _Connection:
                 break
         await client.close(code=sendable_close_code(upstream.close_code, abnormal=1011))
 
+    def _credential_good(self) -> bool:
+        """The socket's credential as authz judges a frame's (expiry; an API key's revocation under the policy in
+        force), for what the server sends: a dict lookup per frame."""
+        principal = self._upgrade.principal
+        if principal is None:
+            return True
+        if principal.expires_at is not None and principal.expires_at <= time.time():
+            return False
+        authz = authz_of(self._policy.active)
+        return authz is None or authz.key_still_valid(principal)
+
     async def _message(self, text: str) -> None:
         """One client frame through authz, limits and breaker, then upstream; a refusal answers on the socket."""
-        active = self._app[POLICY].active
+        active = self._policy.active
         up = self._upgrade
         server = active.snapshot.servers.get(up.server_name)
-        if server is None or server.transport != "websocket":
+        if server is None or up.server is None or server.transport != up.server.transport:
             # the route left the policy (or changed transport) since the upgrade: this socket has no route any more
             await self._client.close(code=1001, message=b"route removed")
             return
@@ -238,22 +327,31 @@ class _Connection:
             upstream_url=self._url,
         )
         chain: Chain = active.chain
+        self._claimed = []
         try:
-            await chain.run(ctx, self._forward, prepare=_parse, stages=MESSAGE_STAGES)
+            await chain.run(ctx, self._forward, prepare=self._prepare, stages=MESSAGE_STAGES)
         except GatewayError as err:
+            self._in_flight.release_keys(self._claimed)  # refused: the upstream never saw it
             self._in_refused.inc()
             rpc_id = ctx.rpc_id if ctx.message is not None else ctx.notes.get("rpc_id")
             is_request = ctx.message is None or any(e.kind is Kind.REQUEST for e in ctx.envelopes)
             if is_request:
                 await self._client.send_str(orjson.dumps(error_payload(err, rpc_id)).decode())
+            if err.reason in CREDENTIAL_GONE:
+                # the socket's credential is no longer good (expired, revoked): nothing more can pass on it
+                await self._client.close(code=1008, message=b"credential no longer valid")
+
+    async def _prepare(self, ctx: RequestContext) -> None:
+        await _parse(ctx)
+        self._claimed = self._in_flight.claim(ctx.envelopes)  # a duplicate id raises (stage session)
+        for env in ctx.envelopes:
+            if env.method == "notifications/cancelled" and env.params is not None:
+                # a cancelled request gets no answer (MCP), so its id is no longer in flight
+                request_id = env.params.get("requestId")
+                if isinstance(request_id, str | int) and not isinstance(request_id, bool):
+                    self._in_flight.release(request_id)
 
     async def _forward(self, ctx: RequestContext) -> None:
-        if ctx.transform is not None:
-            for env in ctx.envelopes:
-                if env.kind is Kind.REQUEST and env.id is not None:
-                    if len(self._pending) >= _MAX_PENDING:
-                        del self._pending[next(iter(self._pending))]
-                    self._pending[env.id] = ctx.transform
         start = time.perf_counter()
         try:
             await self._upstream.send_str(ctx.body.decode())
@@ -268,19 +366,6 @@ class _Connection:
         ctx.http_status = 200  # relayed; the answer (if any) comes later as its own frame
         ctx.report_outcome(UpstreamOutcome(self._url, 200, None, latency))
         self._in_ok.inc()
-
-    def _transformed(self, data: str) -> str:
-        try:
-            msg: Any = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            return data
-        if not isinstance(msg, dict) or "method" in msg:
-            return data
-        transform = self._pending.pop(msg.get("id"), None)
-        if transform is None:
-            return data
-        new = transform(msg)
-        return data if new is msg else orjson.dumps(new).decode()
 
 
 async def _parse(ctx: RequestContext) -> None:

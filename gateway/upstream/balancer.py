@@ -12,8 +12,6 @@ import itertools
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 
-from aiohttp import web
-
 from gateway.context import RequestContext
 from gateway.errors import CircuitOpen, ServiceUnavailable
 from gateway.policy.servers import ServerPolicy
@@ -61,7 +59,8 @@ class Balancer:
     # ------------------------------------------------------------------ picking
 
     def pick(self, ctx: RequestContext, server: ServerPolicy) -> str:
-        """The routing `Picker`: raises a 503 GatewayError when no instance can take the request."""
+        """A sessionless request's instance (`UpstreamChoice.choose`, gateway/upstream/choice.py): raises a 503
+        GatewayError when no instance can take the request."""
         url = self.choose(ctx.server_name, server)
         return url
 
@@ -142,6 +141,3 @@ class Balancer:
 
     def outstanding(self, name: str, url: str) -> int:
         return self._outstanding.get((name, url), 0)
-
-
-BALANCER: web.AppKey[Balancer] = web.AppKey("balancer", Balancer)

@@ -4,6 +4,7 @@ Client -> upstream: hop-by-hop headers are dropped (RFC 9110 7.6.1), and so are 
 (Authorization, cookies, API key: token passthrough is forbidden by MCP) and Host/Origin (the upstream gets its own).
 MCP headers (Mcp-Session-Id, MCP-Protocol-Version, Last-Event-ID, Mcp-Method, Mcp-Name, Mcp-Param-*, Accept) pass
 unchanged. `Accept-Encoding: identity` is sent so event streams are never compressed and bytes relay as they are.
+The forwarders then put in the one `Mcp-Session-Id` routing checked (`set_session_header`), never the client's own.
 """
 
 from __future__ import annotations
@@ -109,3 +110,12 @@ def upstream_request_headers(
 
 def client_response_headers(upstream: CIMultiDictProxy[str]) -> CIMultiDict[str]:
     return CIMultiDict(_kept(upstream, _DROP_TO_CLIENT, _TO_CLIENT))
+
+
+def set_session_header(headers: CIMultiDict[str], session_id: str | None) -> None:
+    """Send the upstream exactly the session id routing checked against its binding: whatever the client sent
+    (two headers, or one on a request or transport that does not route by it) is replaced or removed."""
+    if session_id is not None:
+        headers["Mcp-Session-Id"] = session_id  # replaces every value the client sent
+    elif "Mcp-Session-Id" in headers:
+        headers.popall("Mcp-Session-Id")

@@ -20,19 +20,20 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import aiohttp
 import orjson
 import structlog
-from aiohttp import web
 from yarl import URL
 
+from gateway.loophold import background
 from gateway.policy.resilience import HealthPolicy
 from gateway.policy.servers import ServerPolicy
 from gateway.policy.snapshot import Snapshot
+from gateway.redact import display_url, redact_credentials
 
 log = structlog.get_logger("gateway.health")
 
@@ -47,6 +48,18 @@ MAX_PROBE_BODY = 1024 * 1024
 
 class ProbeFailed(Exception):
     """The check failed; the message is what /admin/servers shows as `last_error`."""
+
+
+class TransportProbe(Protocol):
+    """The check of a transport that is not reached over the network (stdio: gateway/upstream/stdio/health.py)."""
+
+    def checks(self, server: ServerPolicy) -> bool:
+        """Whether the server is checked at all."""
+        ...
+
+    async def probe(self, name: str, server: ServerPolicy, snapshot: Snapshot, timeout: float) -> None:
+        """Raise ProbeFailed (or time out) when unhealthy."""
+        ...
 
 
 @dataclass(slots=True)
@@ -86,8 +99,11 @@ class HealthMonitor:
         credentials: Credentials,
         on_change: Callable[[InstanceHealth, Status], None] | None = None,
         on_check: Callable[[InstanceHealth, bool, float], None] | None = None,
+        probes: Mapping[str, TransportProbe] | None = None,
     ) -> None:
         self._credentials = credentials
+        # transport -> its own check (a stdio server has no URL to reach)
+        self._probes = dict(probes or {})
         self._on_change = on_change
         self._on_check = on_check
         self._states: dict[tuple[str, str], InstanceHealth] = {}
@@ -118,6 +134,8 @@ class HealthMonitor:
             timeout=aiohttp.ClientTimeout(total=None),
             connector=aiohttp.TCPConnector(limit=32, force_close=True),
             trust_env=False,
+            # a probe is a fresh client each time: an upstream's cookie must not ride along on the next probe
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
         self._running = True
         self._reconcile()
@@ -145,6 +163,9 @@ class HealthMonitor:
             return
         wanted: dict[tuple[str, str], _TaskSpec] = {}
         for name, server in snapshot.servers.items():
+            custom = self._probes.get(server.transport)
+            if server.transport == "stdio" and (custom is None or not custom.checks(server)):
+                continue
             for up in server.upstreams:
                 if server.health.enabled:
                     wanted[(name, up.url)] = _TaskSpec(server.health, server.transport, server.eras)
@@ -154,7 +175,9 @@ class HealthMonitor:
                 del self._tasks[key]
         for key, spec in wanted.items():
             if key not in self._tasks:
-                task = asyncio.create_task(self._loop(key[0], key[1], spec), name=f"health:{key[0]}")
+                task = asyncio.create_task(
+                    background(self._loop(key[0], key[1], spec), "health"), name=f"health:{key[0]}"
+                )
                 self._tasks[key] = (spec, task)
         # instances that left the policy (or have checks turned off) stop being judged
         for key in list(self._states):
@@ -183,7 +206,11 @@ class HealthMonitor:
         error: str | None = None
         try:
             async with asyncio.timeout(spec.health.timeout):
-                await self._probe(url, policy, spec, self._credentials(snapshot, server))
+                custom = self._probes.get(policy.transport)
+                if custom is not None:
+                    await custom.probe(server, policy, snapshot, spec.health.timeout)
+                else:
+                    await self._probe(url, policy, spec, self._credentials(snapshot, server))
         except TimeoutError:
             error = f"timeout after {spec.health.timeout}s"
         except ProbeFailed as exc:
@@ -191,6 +218,9 @@ class HealthMonitor:
         except (aiohttp.ClientError, OSError) as exc:
             error = f"{type(exc).__name__}: {exc}"[:200]
         latency = time.perf_counter() - start
+        if error is not None:
+            # an exception's text may quote the URL it failed on (userinfo, query): /admin/servers shows it
+            error = redact_credentials(error)
         self._record(server, url, spec.health, error, latency)
         return error is None
 
@@ -217,7 +247,9 @@ class HealthMonitor:
         if self._on_check is not None:
             self._on_check(st, error is None, latency)
         if st.status != old:
-            log.info("upstream health changed", server=server, upstream=url, old=old, new=st.status, error=error)
+            log.info(
+                "upstream health changed", server=server, upstream=display_url(url), old=old, new=st.status, error=error
+            )
             if self._on_change is not None:
                 self._on_change(st, old)
 
@@ -384,6 +416,3 @@ def _find_in_sse(data: bytes, rpc_id: str | None) -> dict[str, Any] | None:
         if _matches(msg, rpc_id):
             return msg  # type: ignore[no-any-return]
     return None
-
-
-HEALTH: web.AppKey[HealthMonitor] = web.AppKey("health_monitor", HealthMonitor)

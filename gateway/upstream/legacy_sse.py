@@ -3,37 +3,30 @@
 The upstream's first event names the URL its POSTs go to (`/messages/?session_id=X`, `/message?sessionId=X`, or an
 absolute URL). Clients resolve it against the SSE URL and refuse another origin, so the gateway rewrites it onto its
 own route prefix, keeping path and query, and remembers the upstream URL for the session's POSTs.
+
+The gateway refuses another origin too: it POSTs the clients' bodies there with the route's upstream credential, so
+an endpoint elsewhere (another host, port or scheme, or other userinfo) would make an upstream point the gateway at
+any address it can reach (SSRF). Such an endpoint, or one that is not a plain URL, raises `EndpointRefused`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 from aiohttp import web
 
-from gateway.jsonrpc import JsonRpcId
+from gateway.net.h1client import parse_url
+from gateway.transports.inflight import InFlightIds
 
 SESSION_QUERY_KEYS = ("session_id", "sessionId")
-MAX_PENDING = 1024
+# longer than any URL an upstream means; the endpoint is stored with the session binding (Redis too)
+MAX_ENDPOINT_CHARS = 2048
 
-Transform = Callable[[dict[str, Any]], dict[str, Any]]
 
-
-class BoundedPending(dict[JsonRpcId, Transform]):
-    """A dict that forgets its oldest entry past `cap` (answers that never come must not pile up)."""
-
-    def __init__(self, cap: int) -> None:
-        super().__init__()
-        self._cap = cap
-
-    def __setitem__(self, key: JsonRpcId, value: Transform) -> None:
-        if key not in self and len(self) >= self._cap:
-            del self[next(iter(self))]
-        super().__setitem__(key, value)
+class EndpointRefused(ValueError):
+    """The upstream named an endpoint the gateway will not POST to; the message is safe to log (no userinfo)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,13 +46,36 @@ def session_id_of(query: str) -> str | None:
     return None
 
 
+def same_origin_endpoint(data: str, upstream_sse_url: str) -> str:
+    """The absolute URL of the endpoint `data`, resolved against the upstream's SSE URL; EndpointRefused unless it is
+    on the same origin (scheme, host and port equal, default ports counted) with the same userinfo, if any."""
+    text = data.strip()
+    if not text or len(text) > MAX_ENDPOINT_CHARS:
+        raise EndpointRefused(f"endpoint is empty or longer than {MAX_ENDPOINT_CHARS} characters")
+    if any(ord(c) < 0x21 or ord(c) == 0x7F for c in text):
+        raise EndpointRefused("endpoint holds whitespace or control characters")
+    upstream = urljoin(upstream_sse_url, text)
+    base, target = urlsplit(upstream_sse_url), urlsplit(upstream)
+    try:
+        # the forwarder's own reading of a URL (h1client.parse_url): http(s) only, default ports filled in
+        want, got = parse_url(upstream_sse_url).origin, parse_url(upstream).origin
+    except ValueError:
+        raise EndpointRefused("endpoint is not an http(s) URL with a valid port") from None
+    if got != want:
+        raise EndpointRefused(f"endpoint is on another origin ({got[:300]})")
+    if target.username is not None and (target.username, target.password) != (base.username, base.password):
+        raise EndpointRefused("endpoint names credentials of its own")
+    return upstream
+
+
 def rewrite_endpoint(data: str, upstream_sse_url: str, route_prefix: str, public_url: str) -> RewrittenEndpoint:
     """Map the upstream's endpoint onto `route_prefix` (e.g. `/mcp/srv`), keeping path and query.
 
     A relative endpoint stays relative (origin-relative path, so it resolves against whatever origin the client
-    used); an absolute one becomes an absolute URL on the gateway's public URL, as the upstream meant it.
+    used); an absolute one becomes an absolute URL on the gateway's public URL, as the upstream meant it. An
+    endpoint off the upstream's origin raises EndpointRefused (see the module doc).
     """
-    upstream = urljoin(upstream_sse_url, data.strip())
+    upstream = same_origin_endpoint(data, upstream_sse_url)
     parts = urlsplit(upstream)
     public = urlsplit(public_url)
     base_path = public.path.rstrip("/")
@@ -79,8 +95,8 @@ class LiveStream:
     principal: str
     out: web.StreamResponse
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    # request id -> transform of that request's answer (e.g. a filtered tools/list), which arrives on this stream
-    pending: BoundedPending = field(default_factory=lambda: BoundedPending(MAX_PENDING))
+    # ids of the session's requests POSTed through this process whose answer has not come down the stream yet
+    in_flight: InFlightIds = field(default_factory=InFlightIds)
 
     async def inject(self, event: bytes) -> bool:
         try:
@@ -110,6 +126,3 @@ class LiveStreams:
 
     def __len__(self) -> int:
         return len(self._streams)
-
-
-LIVE_STREAMS: web.AppKey[LiveStreams] = web.AppKey("legacy_live_streams", LiveStreams)

@@ -1,9 +1,11 @@
 """The HTTP forwarder with safe retries under a retry budget.
 
 What is retried (MCP-NOTES section 7), at most `retry.attempts` extra times:
-  * a request that never reached the upstream (connect error or timeout, no pooled connection within the pool's
-    max wait): any method, even `tools/call`, because nothing was delivered. Without a session it goes to another
-    instance when there is one (balancer, skipping the instance that failed); a session stays on its instance.
+  * a request that never reached the upstream (connect error or timeout): any method, even `tools/call`, because
+    nothing was delivered. Without a session it goes to another instance when there is one (balancer, skipping the
+    instance that failed); a session stays on its instance.
+  * a request that got no pooled connection within the pool's max wait: only to another instance (no session,
+    several upstreams); the same instance again would just wait as long a second time.
   * a read-only request (list/get/read/ping/...; `tools/call` only for tools in `retry.idempotent_tools`) whose
     connection was reset or that got 502/503/504.
 Never retried: answer timeouts (the upstream may still be working on it, and a retry would double the wait for a hung
@@ -28,9 +30,10 @@ from gateway.errors import GatewayError, UpstreamUnavailable
 from gateway.jsonrpc import Kind
 from gateway.policy.resilience import RetryPolicy
 from gateway.policy.servers import ServerPolicy
-from gateway.upstream.h1client import H1Response
+from gateway.settings import UpstreamClient
 from gateway.upstream.http import HttpForwarder
 from gateway.upstream.pool import UpstreamPools
+from gateway.upstream.response import UpstreamResponse
 
 # read-only methods that are safe to send twice; initialize is left out (a delivered one may have made a session)
 RETRY_SAFE_METHODS = frozenset(READ_METHODS - {"initialize"})
@@ -94,6 +97,12 @@ def retry_reason(ctx: RequestContext, server: ServerPolicy, outcome: UpstreamOut
     """Why this failed attempt may be sent again, or None when it must not be."""
     if outcome.error == "connect":
         return "not_delivered"
+    if outcome.error == "pool":
+        # the wait for a pooled connection already took its full max_wait: the same instance again would only
+        # double it, another instance (a request without a session, several upstreams) may have room
+        if ctx.session_id is None and len(server.upstreams) > 1:
+            return "pool_wait"
+        return None
     if not (outcome.error == "reset" or (outcome.error is None and outcome.status in RETRY_STATUSES)):
         return None
     if ctx.http_method == "GET":
@@ -120,8 +129,9 @@ class ResilientForwarder(HttpForwarder):
         repick: Repicker | None = None,
         track: Tracker | None = None,
         metrics: RetryMetrics | None = None,
+        client: UpstreamClient = "lean",
     ) -> None:
-        super().__init__(pools, keepalive_seconds)
+        super().__init__(pools, keepalive_seconds, client)
         self._repick = repick
         self._track = track
         self._metrics = metrics
@@ -140,7 +150,7 @@ class ResilientForwarder(HttpForwarder):
         url: str,
         method: str,
         extra_headers: Iterable[tuple[str, str]] = (),
-    ) -> H1Response:
+    ) -> UpstreamResponse:
         extra = tuple(extra_headers)
         budget = self.budget(ctx.server_name)
         budget.note_request()
@@ -150,6 +160,7 @@ class ResilientForwarder(HttpForwarder):
             hooks = list(ctx.outcome_hooks)
             seen: list[UpstreamOutcome] = []
             ctx.outcome_hooks.append(seen.append)
+            held = len(ctx.releases)
             try:
                 resp = await super().open(ctx, server, url, method, extra)
             except UpstreamUnavailable:
@@ -159,6 +170,9 @@ class ResilientForwarder(HttpForwarder):
                 if resp.status not in RETRY_STATUSES or not await self._again(ctx, server, seen, attempt, budget):
                     return resp
                 resp.close()
+                # what the discarded attempt holds (its stream slot) is given back before the next one takes its own
+                while len(ctx.releases) > held:
+                    ctx.releases.pop()()
             # the next attempt reports its own outcome to the same hooks (the breaker stage's among them)
             ctx.outcome_hooks = hooks
             tried.append(url)

@@ -12,11 +12,12 @@ import time
 from collections.abc import Iterable
 
 import aiohttp
+from multidict import CIMultiDict
 
 from gateway.context import RequestContext, UpstreamOutcome
 from gateway.errors import UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
 from gateway.policy.servers import ServerPolicy
-from gateway.upstream.headers import upstream_request_headers
+from gateway.upstream.headers import set_session_header, upstream_request_headers
 from gateway.upstream.pool import UpstreamPools
 
 SUBPROTOCOL = "mcp"
@@ -53,8 +54,6 @@ async def connect_upstream(
     extra_headers: Iterable[tuple[str, str]] = (),
 ) -> aiohttp.ClientWebSocketResponse:
     """Open the upstream socket (subprotocol `mcp`); failures are reported to the breaker and raised as 502/504."""
-    from multidict import CIMultiDict
-
     session = pools.session(url, server.pool)
     headers = upstream_request_headers(
         CIMultiDict(handshake_headers(ctx.headers)),
@@ -63,6 +62,9 @@ async def connect_upstream(
         proto=ctx.request.scheme if ctx.request is not None else "http",
         extra=extra_headers,
     )
+    set_session_header(headers, None)  # the socket is the session: a client's Mcp-Session-Id never crosses
+    if ctx.trace is not None:
+        ctx.trace.attempt(ctx, headers, url, "GET")
     t = server.timeouts
     start = time.perf_counter()
     try:

@@ -1,4 +1,4 @@
-"""POST /admin/reload: admin scope only; a good edit is applied, a broken one is refused with its problems."""
+"""POST /admin/reload: operators only; a good edit is applied, a broken one is refused with its problems."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.conftest import problem_reason
 from tests.harness import default_policies, running, start_gateway, start_upstream
 
 pytestmark = pytest.mark.e2e
@@ -21,7 +22,11 @@ async def test_admin_reload(tmp_path: Path) -> None:
     gw = start_gateway(
         tmp_path / "gw",
         pol,
-        keys={"adm": {"tenant": "acme", "scopes": ["read", "write", "admin"]}, "usr": {"tenant": "acme"}},
+        keys={
+            "adm": {"tenant": "acme", "scopes": ["read", "write", "admin"], "role": "operator"},
+            "tadm": {"tenant": "acme", "scopes": ["read", "write", "admin"]},
+            "usr": {"tenant": "acme"},
+        },
         # no file polling: only the admin call may reload
         config={"policy_poll_seconds": 0},
     )
@@ -29,8 +34,12 @@ async def test_admin_reload(tmp_path: Path) -> None:
         async with httpx.AsyncClient(timeout=10) as c:
             denied = await c.post(f"{gw.base}/admin/reload", headers=gw.auth("usr"))
             assert denied.status_code == 403
-            assert denied.json()["error"]["data"]["reason"] == "admin_scope_required"
+            assert problem_reason(denied.headers["content-type"], 403, denied.json()) == "admin_scope_required"
             assert (await c.post(f"{gw.base}/admin/reload")).status_code == 401
+            # a tenant admin is not an operator: reloading changes every tenant's policy
+            tenant_admin = await c.post(f"{gw.base}/admin/reload", headers=gw.auth("tadm"))
+            assert tenant_admin.status_code == 403
+            assert problem_reason(tenant_admin.headers["content-type"], 403, tenant_admin.json()) == "operator_required"
 
             before = (await c.get(f"{gw.base}/readyz")).json()["policy_version"]
             gw.write_policies({"tenants.yaml": {"tenants": {"acme": {"servers": ["example"], "weight": 2}}}})
@@ -52,8 +61,11 @@ async def test_admin_reload(tmp_path: Path) -> None:
             audit = gw.workdir / "audit.jsonl"
             lines = audit.read_text().splitlines() if audit.exists() else []
             records = [r for r in map(json.loads, lines) if r.get("rpc_method") == "admin/reload"]
-            if len(records) == 4:
+            if len(records) == 5:
                 break
             await asyncio.sleep(0.1)
-        assert sorted(int(str(r["http_status"])) for r in records) == [200, 401, 403, 422]
-        assert {r["reason"] for r in records if r["http_status"] == 403} == {"admin_scope_required"}
+        assert sorted(int(str(r["http_status"])) for r in records) == [200, 401, 403, 403, 422]
+        assert sorted(str(r["reason"]) for r in records if r["http_status"] == 403) == [
+            "admin_scope_required",
+            "operator_required",
+        ]

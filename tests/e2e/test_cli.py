@@ -136,3 +136,56 @@ def test_run_refuses_several_workers_without_redis(tmp_path: Path) -> None:
     )
     assert out.returncode == 2
     assert "workers > 1 needs redis.url" in out.stderr + out.stdout
+
+
+def test_check_refuses_an_empty_servers_yaml_unless_allowed(tmp_path: Path) -> None:
+    pol = tmp_path / "policies"
+    shutil.copytree(ROOT / "policies", pol, ignore=shutil.ignore_patterns("schema"))
+    (pol / "servers.yaml").write_text("servers: {}\n")
+    (pol / "access.yaml").write_text("rules: []\n")
+    (pol / "tenants.yaml").write_text("tenants: {demo: {}}\n")
+    r = cli("check", str(pol))
+    assert r.returncode == 1
+    assert "error: servers.yaml: servers: no server is defined, so every route would be removed" in r.stderr
+    (pol / "servers.yaml").write_text("servers: {}\nallow_empty: true\n")
+    r = cli("check", str(pol))
+    assert r.returncode == 0, r.stderr
+
+
+def test_version() -> None:
+    r = cli("--version")
+    assert r.returncode == 0 and r.stdout.startswith("mcp-gateway ") and r.stdout.split()[1][0].isdigit()
+
+
+@pytest.mark.parametrize(
+    ("setting", "expected"),
+    [
+        ("redis: {url: 'redis//127.0.0.1:6379'}", "error: redis.url (MGW_REDIS_URL) is not a Redis URL"),
+        ("api_keys: {hmac_secret: {file: missing-secret}}", "error: api_keys.hmac_secret: cannot read secret file"),
+        ("PORT-IN-USE", "is already in use"),
+    ],
+)
+def test_run_refuses_a_broken_setting_in_one_line(tmp_path: Path, setting: str, expected: str) -> None:
+    """Start-up problems name the setting and the fix and exit 2: no traceback, nothing left listening."""
+    import socket
+
+    port = free_port()
+    holder = socket.socket()
+    if setting == "PORT-IN-USE":
+        holder.bind(("127.0.0.1", port))
+        holder.listen()
+        setting = ""
+    try:
+        cfg = tmp_path / "config.yaml"
+        cfg.write_text(
+            f"listen: {{host: 127.0.0.1, port: {port}}}\npolicies_dir: {ROOT / 'policies'}\n"
+            f"audit: {{sink: file, path: {tmp_path / 'a.jsonl'}}}\n{setting}\n"
+        )
+        r = cli("run", "--config", str(cfg))
+        assert r.returncode == 2, r.stderr
+        assert expected in r.stderr
+        assert "Traceback" not in r.stderr + r.stdout
+        assert r.stderr.strip().splitlines()[-1] == "error: the gateway did not start"
+    finally:
+        holder.close()
+    assert not port_open(port)

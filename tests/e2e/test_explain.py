@@ -25,7 +25,9 @@ HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "app
 
 
 def policies(upstream_url: str) -> dict[str, Any]:
-    pol = default_policies(upstream_url)
+    # explain names the refusal's own status (the one audited); the wire's 200 of `compat_status_200: auto` is
+    # the renderer's business, so the comparison runs with the statuses sent as they are
+    pol = default_policies(upstream_url, compat_status_200=False)
     pol["tenants.yaml"] = {"tenants": {"acme": {"servers": ["example"], "tools": {"deny": ["secret_admin_tool"]}}}}
     # a rule being tried out: would hide `echo`, not enforced yet
     pol["access.yaml"] = {

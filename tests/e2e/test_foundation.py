@@ -31,6 +31,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.server.fastmcp import Context, FastMCP
 from prometheus_client.parser import text_string_to_metric_families
 
+from gateway.version import VERSION
 from tests.harness import (
     PYTHON,
     Gateway,
@@ -571,7 +572,7 @@ async def test_health_and_readiness(env: Env) -> None:
     async with httpx.AsyncClient(timeout=10) as c:
         h = await c.get(f"{env.gw.base}/healthz")
         r = await c.get(f"{env.gw.base}/readyz")
-    assert h.status_code == 200 and h.json() == {"status": "ok"}
+    assert h.status_code == 200 and h.json() == {"status": "ok", "version": VERSION}
     assert r.status_code == 200 and r.json()["status"] == "ready"
     assert re.fullmatch(r"[0-9a-f]{16}", r.json()["policy_version"])
 
@@ -624,8 +625,12 @@ async def test_request_id_is_taken_returned_and_logged(env: Env) -> None:
 
 
 async def test_logs_are_json_lines_without_credentials(env: Env) -> None:
-    lines = log_lines(env.gw)  # raises if any line is not JSON
-    assert any(e.get("event") == "gateway listening" for e in lines)
+    # the port accepts connections a moment before the line is written: a test scheduled first on its worker
+    # could read the log before it
+    await eventually(
+        lambda: any(e.get("event") == "gateway listening" for e in log_lines(env.gw)),  # raises on a non-JSON line
+        "the 'gateway listening' line",
+    )
     assert env.gw.keys[KEY] not in env.gw.logs()
 
 

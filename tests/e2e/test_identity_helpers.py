@@ -91,6 +91,11 @@ async def open_session(http: aiohttp.ClientSession, url: str, headers: dict[str,
     return sid
 
 
+# the status of a policy refusal (authz, limits, breaker) of an authenticated caller's legacy-era tools/call POST
+# under the default `compat_status_200: auto`: 200 with the error in the body (docs/transports.md "Refusal status")
+POLICY_REFUSAL = 200
+
+
 def assert_refused(ans: Answer, status: int, code: int, reason: str) -> None:
     assert ans.status == status, (ans.status, ans.body)
     assert ans.headers.get("Content-Type", "").startswith("application/json"), ans.headers

@@ -11,7 +11,6 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -27,8 +26,16 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from mcp import ClientSession
 from mcp.client.streamable_http import streamablehttp_client
 
-from tests.e2e.test_identity_helpers import assert_refused, audit_record, initialize_msg, post, rpc, start_recorder
-from tests.harness import Gateway, free_port, start_gateway
+from tests.e2e.test_identity_helpers import (
+    POLICY_REFUSAL,
+    assert_refused,
+    audit_record,
+    initialize_msg,
+    post,
+    rpc,
+    start_recorder,
+)
+from tests.harness import Gateway, ThreadedApp, free_port, start_gateway
 
 pytestmark = pytest.mark.e2e
 
@@ -57,33 +64,15 @@ class JwksServer:
         return f"http://127.0.0.1:{self.port}/jwks"
 
     def start(self) -> None:
-        ready = threading.Event()
-        self._loop = asyncio.new_event_loop()
-
         async def jwks(_: web.Request) -> web.Response:
             self.fetches += 1
             return web.json_response({"keys": list(self.keys)})
 
-        async def serve() -> None:
-            app = web.Application()
-            app.router.add_get("/jwks", jwks)
-            self._runner = web.AppRunner(app)
-            await self._runner.setup()
-            await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-            ready.set()
-
-        def run() -> None:
-            self._loop.run_until_complete(serve())
-            self._loop.run_forever()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        assert ready.wait(10)
+        self._app = ThreadedApp(self.port, lambda app: app.router.add_get("/jwks", jwks))
+        self._app.start()
 
     def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
+        self._app.stop()
 
 
 @dataclass
@@ -294,18 +283,21 @@ async def test_non_oauth_routes_advertise_nothing(env: Env, http: aiohttp.Client
     assert ok.status == 200, ok.body
     rs_on_hs = await post(http, env.gw.url("hs"), initialize_msg(), env.bearer(env.token(route="hs")))
     assert_refused(rs_on_hs, 401, UNAUTHENTICATED, "alg_not_allowed")  # an RS256 token on an HS256 route
-    assert "WWW-Authenticate" not in rs_on_hs.headers
+    # the route also takes API keys: its 401 has the ApiKey challenge RFC 9110 asks for, never a Bearer one
+    assert rs_on_hs.headers["WWW-Authenticate"] == 'ApiKey realm="mcp-gateway"'
     read_only = await post(
         http,
         env.gw.url("hs"),
         rpc("tools/call", {"name": "add", "arguments": {"a": 1, "b": 1}}, 4),
         env.bearer(_hs_token(env, scope="read")),
     )
-    assert_refused(read_only, 403, FORBIDDEN, "scope_denied")
+    # no challenge on a non-OAuth route, so a policy refusal like any other
+    assert_refused(read_only, POLICY_REFUSAL, FORBIDDEN, "scope_denied")
     assert "WWW-Authenticate" not in read_only.headers
     missing = await post(http, env.gw.url("keys"), initialize_msg(), {})
     assert_refused(missing, 401, UNAUTHENTICATED, "missing_credentials")
-    assert "WWW-Authenticate" not in missing.headers
+    # an API-key route: the RFC 9110 challenge names a scheme that starts no OAuth discovery
+    assert missing.headers["WWW-Authenticate"] == 'ApiKey realm="mcp-gateway"'
 
 
 def _hs_token(env: Env, scope: str = "read write") -> str:

@@ -21,7 +21,8 @@ from mcp.client.streamable_http import streamablehttp_client
 
 from gateway.db.migrate import migrate
 from gateway.db.scratch import scratch_database
-from tests.e2e.test_identity_helpers import assert_refused, open_session, post, rpc, start_recorder
+from tests.conftest import problem_reason
+from tests.e2e.test_identity_helpers import POLICY_REFUSAL, assert_refused, open_session, post, rpc, start_recorder
 from tests.harness import PYTHON, ROOT, Gateway, PostgresInstance, Upstream, running, start_gateway
 
 pytestmark = pytest.mark.e2e
@@ -127,14 +128,14 @@ async def test_postgres_keys_cli_admin_revocation_usage(tmp_path: Path, own_db: 
             sid = await open_session(http, gw.url(), {"Authorization": f"Bearer {ro_key}"})
             call = rpc("tools/call", {"name": "add", "arguments": {"a": 1, "b": 1}}, 3)
             ans = await post(http, gw.url(), call, {"Authorization": f"Bearer {ro_key}"}, sid)
-            assert_refused(ans, 403, FORBIDDEN, "scope_denied")
+            assert_refused(ans, POLICY_REFUSAL, FORBIDDEN, "scope_denied")
 
             async with http.post(f"{gw.base}/admin/keys", json={"tenant": "globex"}, headers=adm) as r:
                 assert r.status == 403
-                assert (await r.json())["error"]["data"]["reason"] == "tenant_mismatch"
+                assert problem_reason(r.headers["Content-Type"], 403, await r.json()) == "tenant_mismatch"
             async with http.get(f"{gw.base}/admin/keys", headers=gw.auth("plain")) as r:
                 assert r.status == 403
-                assert (await r.json())["error"]["data"]["reason"] == "admin_scope_required"
+                assert problem_reason(r.headers["Content-Type"], 403, await r.json()) == "admin_scope_required"
 
             async with http.delete(f"{gw.base}/admin/keys/{ro_id}", headers=adm) as r:
                 assert r.status == 200, await r.text()

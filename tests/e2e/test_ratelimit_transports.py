@@ -23,7 +23,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.filterwarnings("ignore::DeprecationWa
 
 
 async def _until_refused(s: ClientSession) -> McpError:
-    await s.initialize()  # costs nothing
+    await s.initialize()  # costs 1 of the 3 (limits.costs.initialize)
     for _ in range(6):
         try:
             await s.call_tool("add", {"a": 1, "b": 2})

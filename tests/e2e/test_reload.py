@@ -189,3 +189,34 @@ async def test_a_session_survives_a_reload(tmp_path: Path, upstream: Upstream) -
                 result = await session.call_tool("add", {"a": 20, "b": 22})
             block = result.content[0]
             assert isinstance(block, types.TextContent) and block.text == "42"
+
+
+async def test_an_edit_that_empties_servers_yaml_is_refused_unless_allowed(tmp_path: Path, upstream: Upstream) -> None:
+    """A truncated or emptied servers.yaml would take every route down: the reload is refused and the last good
+    snapshot keeps serving, until the operator says `allow_empty: true`."""
+    policies = default_policies(upstream.url)
+    # the owner reaches its server without a tenants.yaml list, so emptying servers.yaml leaves nothing else broken
+    policies["tenants.yaml"] = {"tenants": {"acme": {}}}
+    gw = start_gateway(tmp_path, policies, keys=KEYS)
+    with running(gw):
+        assert (await status_for(gw, "alice"))[0] == 200
+        good = await policy_version(gw)
+        before = reloads(await metrics(gw), "failed")
+        gw.write_policies({"servers.yaml": "servers: {}\n"})
+
+        async def refused() -> bool:
+            return reloads(await metrics(gw), "failed") > before
+
+        await eventually(refused, "the emptying reload counted as a failure")
+        assert await policy_version(gw) == good
+        assert (await status_for(gw, "alice"))[0] == 200  # the route still serves
+        failures = [e for e in log_events(gw) if e["event"] == "policy reload failed; keeping last good snapshot"]
+        assert any("allow_empty" in " ".join(e.get("errors", [])) for e in failures)
+
+        gw.write_policies({"servers.yaml": "servers: {}\nallow_empty: true\n"})
+
+        async def emptied() -> bool:
+            return await policy_version(gw) != good
+
+        await eventually(emptied, "the deliberate emptying applied")
+        assert (await status_for(gw, "alice"))[0] == 404

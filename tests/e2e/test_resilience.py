@@ -24,13 +24,18 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamablehttp_client
 
+from tests.conftest import problem_reason
 from tests.harness import Gateway, Upstream, start_gateway, start_upstream, wait_port
 
 pytestmark = pytest.mark.e2e
 
 FAULTY = "tests.upstreams.faulty"
 HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-KEYS = {"k1": {"tenant": "acme", "scopes": ["read", "write"]}, "adm": {"tenant": "acme", "scopes": ["admin"]}}
+# `adm` reads upstream URLs in /admin/servers: an operator's view (a tenant admin's has no URLs)
+KEYS = {
+    "k1": {"tenant": "acme", "scopes": ["read", "write"]},
+    "adm": {"tenant": "acme", "scopes": ["admin"], "role": "operator"},
+}
 GATEWAY_CODES = range(-31999, -31000)
 NO_HEALTH = {"enabled": False}
 FAST_TIMEOUTS = {"connect": 0.5, "first_byte": 0.6, "idle": 5}
@@ -273,7 +278,8 @@ async def test_hang_500_reset_trip_and_4xx_does_not(tmp_path: Path) -> None:
     try:
         # admin scope is required for the servers view
         r = await client.http.get(f"{gw.base}/admin/servers")
-        assert r.status_code == 403 and r.json()["error"]["data"]["reason"] == "admin_scope_required"
+        assert problem_reason(r.headers["content-type"], r.status_code, r.json()) == "admin_scope_required"
+        assert r.status_code == 403
 
         control(up, mode="hang")
         for _ in range(2):
@@ -522,6 +528,51 @@ async def test_pool_limit_makes_requests_wait_a_bounded_time_and_is_visible(tmp_
         assert not holder.done()
         assert (await asyncio.wait_for(holder, 10))[0] == 200
         assert control(up)["requests"] == 1  # the waiter never got a connection
+    finally:
+        await client.close()
+        gw.stop()
+        up.proc.kill()
+
+
+async def test_pool_waits_never_open_a_healthy_upstreams_breaker(tmp_path: Path) -> None:
+    """The gateway's own pool cap is not the upstream's failure: requests that time out waiting for a pooled
+    connection get 503 upstream_pool_exhausted, the breaker (which opens after 2 failures here) stays closed, and
+    a request after the holder finishes is served."""
+    up = start_upstream(tmp_path, module=FAULTY)
+    gw = start_gateway(
+        tmp_path / "gw",
+        policies(
+            {
+                "svc": {
+                    "upstreams": [{"url": up.url}],
+                    "health": NO_HEALTH,
+                    "retry": {"attempts": 2, "backoff_seconds": 0},
+                    "pool": {"max_connections": 1, "max_wait_seconds": 0.3},
+                    "timeouts": {"connect": 0.5, "first_byte": 10, "idle": 10},
+                    "breaker": {"consecutive_failures": 2, "open_seconds": 30},
+                }
+            }
+        ),
+        keys=KEYS,
+    )
+    client = Client(gw)
+    try:
+        control(up, mode="slow", delay=2.5)
+        holder = asyncio.create_task(client.init("svc"))
+        await asyncio.sleep(0.5)
+        waiters = await asyncio.gather(*(client.init("svc") for _ in range(4)))
+        for status, msg, _ in waiters:
+            assert status == 503 and msg["error"]["data"]["reason"] == "upstream_pool_exhausted"
+        assert (await asyncio.wait_for(holder, 10))[0] == 200
+        control(up, mode="ok")
+        status, msg, _ = await client.init("svc")
+        assert status == 200, msg  # not circuit_open
+        text = (await client.http.get(f"{gw.base}/metrics")).text
+        assert 'reason="pool_wait"' not in text  # one instance: nothing to retry on
+        for line in text.splitlines():
+            if line.startswith("mcp_gateway_breaker_state{") and 'server="svc"' in line:
+                assert line.endswith(" 0.0"), line
+            assert not line.startswith("mcp_gateway_breaker_transitions_total{") or 'server="svc"' not in line, line
     finally:
         await client.close()
         gw.stop()

@@ -96,9 +96,11 @@ async def test_refused_message_gets_error_frame_and_socket_stays_open(
             await asyncio.wait_for(s.call_tool("add", {"a": 1, "b": 2}), 10)
         assert info.value.error.code == -31403
         assert info.value.error.data["reason"] == "scope_denied"  # type: ignore[index]
-        # the same socket still serves what the key may do
+        # the same socket still serves what the key may do: a list, of the tools it may call (none: read-only)
         tools = await asyncio.wait_for(s.list_tools(), 10)
-        assert "add" in {t.name for t in tools.tools}
+        assert tools.tools == []
+        # and the upstream still answers on it: an empty list is also what a broken filter would show
+        assert (await asyncio.wait_for(s.list_prompts(), 10)).prompts
     # every message went through the chain on its own: observers (metrics here) saw each one
     after = await _counts(gw)
     assert after[("tools/call", "403")] - before.get(("tools/call", "403"), 0) == 1

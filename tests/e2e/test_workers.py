@@ -16,7 +16,7 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamablehttp_client
 
-from tests.harness import Gateway, default_policies, running, start_gateway, start_upstream
+from tests.harness import Gateway, default_policies, metric_sample, running, start_gateway, start_upstream
 
 pytestmark = pytest.mark.e2e
 
@@ -27,19 +27,6 @@ INIT = {
     "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "1"}},
 }
 HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-
-
-def sample(text: str, name: str, **labels: str) -> float:
-    """Sum of the samples of `name` whose labels include `labels`."""
-    total = 0.0
-    for line in text.splitlines():
-        m = re.match(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{([^}]*)\})? (\S+)$", line)
-        if m is None or m.group(1) != name:
-            continue
-        got = dict(re.findall(r'(\w+)="([^"]*)"', m.group(3) or ""))
-        if all(got.get(k) == v for k, v in labels.items()):
-            total += float(m.group(4))
-    return total
 
 
 def worker_pids(supervisor: int) -> list[int]:
@@ -78,8 +65,8 @@ async def wait_totals(gw: Gateway, calls: int, inits: int) -> str:
     text = ""
     while time.monotonic() < deadline:
         text = await scrape(gw)
-        got_calls = sample(text, "mcp_gateway_requests_total", method="tools/call", status="200")
-        got_inits = sample(text, "mcp_gateway_requests_total", method="initialize", status="200")
+        got_calls = metric_sample(text, "mcp_gateway_requests_total", method="tools/call", status="200")
+        got_inits = metric_sample(text, "mcp_gateway_requests_total", method="initialize", status="200")
         if got_calls == calls and got_inits == inits:
             return text
         await asyncio.sleep(0.1)
@@ -124,12 +111,12 @@ async def test_two_workers_one_port_metrics_totals(tmp_path: Path, redis_url: st
         calls, inits = sessions * 2, sessions + 24
 
         text = await wait_totals(gw, calls, inits)
-        per_worker = [sample(text, "mcp_gateway_worker_requests_total", worker=str(i)) for i in range(2)]
+        per_worker = [metric_sample(text, "mcp_gateway_worker_requests_total", worker=str(i)) for i in range(2)]
         assert all(n > 0 for n in per_worker), f"one worker served everything: {per_worker}"
         for _ in range(6):  # every scrape, whichever worker answers it, shows the same totals
             text = await scrape(gw)
-            assert sample(text, "mcp_gateway_requests_total", method="tools/call", status="200") == calls
-            assert sample(text, "mcp_gateway_requests_total", method="initialize", status="200") == inits
+            assert metric_sample(text, "mcp_gateway_requests_total", method="tools/call", status="200") == calls
+            assert metric_sample(text, "mcp_gateway_requests_total", method="initialize", status="200") == inits
 
         # scrape-time collectors (upstream health, from the resilience module) are shared too: one series per
         # live worker, labelled by pid
@@ -137,7 +124,7 @@ async def test_two_workers_one_port_metrics_totals(tmp_path: Path, redis_url: st
         healthy: dict[str, float] = {}
         while time.monotonic() < deadline:
             text = await scrape(gw)
-            healthy = {str(pid): sample(text, "mcp_gateway_upstream_healthy", pid=str(pid)) for pid in pids}
+            healthy = {str(pid): metric_sample(text, "mcp_gateway_upstream_healthy", pid=str(pid)) for pid in pids}
             if all(v == 1 for v in healthy.values()):
                 break
             await asyncio.sleep(0.2)
@@ -145,6 +132,16 @@ async def test_two_workers_one_port_metrics_totals(tmp_path: Path, redis_url: st
         # gauges other modules compute with set_function (audit queue depth) are copied into the shared files
         queue_series = re.findall(r'^mcp_gateway_audit_queue_depth\{pid="(\d+)"\} ', text, re.M)
         assert sorted(int(p) for p in queue_series) == pids
+        # the standard process and GC collectors: each live worker's gauges by pid, their counters summed over the
+        # workers; no `_created` series (metrics.created_series is off)
+        for pid in pids:
+            assert metric_sample(text, "process_resident_memory_bytes", pid=str(pid)) > 0
+            assert metric_sample(text, "python_info", pid=str(pid)) == 1
+        assert metric_sample(text, "process_cpu_seconds_total") > 0
+        assert re.search(r'^python_gc_collections_total\{generation="0"\} ', text, re.M)
+        assert not re.search(r"^\w+_created[{ ]", text, re.M)
+        # per-tool counters are shared like every counter; `add` is named by no policy here
+        assert metric_sample(text, "mcp_gateway_tool_requests_total", server="example", tool="_other") == calls
 
         # SIGHUP to the supervisor reloads the policy in every worker: every scrape shows only the new version
         old_versions = {k for k, v in versions(text).items() if v == 1}
@@ -161,7 +158,7 @@ async def test_two_workers_one_port_metrics_totals(tmp_path: Path, redis_url: st
             await asyncio.sleep(0.1)
         active = {k for k, v in current.items() if v == 1}
         assert len(active) == 1 and not active & old_versions, current
-        reloads = sample(await scrape(gw), "mcp_gateway_policy_reloads_total", result="ok")
+        reloads = metric_sample(await scrape(gw), "mcp_gateway_policy_reloads_total", result="ok")
         assert reloads == 4  # initial load + SIGHUP reload, in each of the two workers
 
         # a crashed worker is restarted; what it counted stays in the totals
@@ -177,7 +174,7 @@ async def test_two_workers_one_port_metrics_totals(tmp_path: Path, redis_url: st
         (restarted,) = set(now) - set(pids)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:  # up and serving: its sampler reports through the shared files
-            if sample(await scrape(gw), "mcp_gateway_upstream_healthy", pid=str(restarted)) == 1:
+            if metric_sample(await scrape(gw), "mcp_gateway_upstream_healthy", pid=str(restarted)) == 1:
                 break
             await asyncio.sleep(0.2)
         else:
@@ -185,7 +182,8 @@ async def test_two_workers_one_port_metrics_totals(tmp_path: Path, redis_url: st
         await raw_initializes(gw, 10)
         await sdk_session(gw, 100)
         text = await wait_totals(gw, calls + 2, inits + 11)
-        assert sample(text, "mcp_gateway_upstream_healthy", pid=str(pids[0])) == 0  # the dead worker's view is gone
+        # the dead worker's view is gone
+        assert metric_sample(text, "mcp_gateway_upstream_healthy", pid=str(pids[0])) == 0
 
         gw.proc.signal(signal.SIGTERM)
         assert gw.proc.popen is not None

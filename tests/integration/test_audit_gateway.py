@@ -14,6 +14,7 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamablehttp_client
 
+from tests.conftest import problem_reason
 from tests.harness import (
     Gateway,
     PostgresInstance,
@@ -52,7 +53,8 @@ async def sdk_call(gw: Gateway, key_id: str) -> None:
 
 
 async def drive_refusals(gw: Gateway) -> None:
-    """A bad key, no key, a scope refusal and a rate-limit refusal; each status is checked."""
+    """A bad key, no key, a scope refusal and a rate-limit refusal; each status is checked (the gateways here send
+    statuses as they are, `compat_status_200: false`, so the wire and the audit can be compared one to one)."""
     assert (await post(gw, LIST, {"Authorization": f"Bearer {BAD_KEY}"})).status_code == 401
     assert (await post(gw, LIST, {})).status_code == 401
     assert (await post(gw, CALL, gw.auth("reader"))).status_code == 403
@@ -136,6 +138,7 @@ def with_dead_server(policies: dict[str, Any]) -> dict[str, Any]:
         "owner": "acme",
         "health": {"enabled": False},
         "breaker": {"consecutive_failures": 1, "min_calls": 1, "open_seconds": 60},
+        "compat_status_200": False,
     }
     servers["example"]["max_body_bytes"] = 65536
     return policies
@@ -143,7 +146,11 @@ def with_dead_server(policies: dict[str, Any]) -> dict[str, Any]:
 
 async def test_file_sink_records_every_refusal_with_its_stage(tmp_path: Path) -> None:
     up = start_upstream(tmp_path)
-    gw = start_gateway(tmp_path / "gw", with_dead_server(default_policies(up.url, audit_arguments=True)), keys=KEYS)
+    gw = start_gateway(
+        tmp_path / "gw",
+        with_dead_server(default_policies(up.url, audit_arguments=True, compat_status_200=False)),
+        keys=KEYS,
+    )
     with running(gw, up):
         await sdk_call(gw, "user")
         await drive_refusals(gw)
@@ -185,7 +192,9 @@ async def admin_query(gw: Gateway, key_id: str, **params: str) -> httpx.Response
 async def test_postgres_sink_and_admin_api_scoped_by_tenant(postgres_dsn: str, tmp_path: Path) -> None:
     async with temp_database(postgres_dsn) as dsn:
         up = start_upstream(tmp_path)
-        policies = with_dead_server(default_policies(up.url, audit_arguments=True, shared_with=["globex"]))
+        policies = with_dead_server(
+            default_policies(up.url, audit_arguments=True, shared_with=["globex"], compat_status_200=False)
+        )
         policies["tenants.yaml"]["tenants"]["globex"] = {"servers": []}
         keys = {
             **KEYS,
@@ -209,9 +218,13 @@ async def test_postgres_sink_and_admin_api_scoped_by_tenant(postgres_dsn: str, t
 
             acme = await _poll(acme_page)
             assert acme and {r["tenant"] for r in acme} == {"acme"}
+            # asking for another tenant's trail is refused outright (a tenant admin is not an operator)
+            other = await admin_query(gw, "admina", tenant="globex")
+            assert problem_reason(other.headers["content-type"], other.status_code, other.json()) == "tenant_mismatch"
+            assert other.status_code == 403
             # whatever filters admin A sends, nothing of globex comes back
             for params in (
-                {"tenant": "globex"},
+                {"tenant": "acme"},
                 {"server": "example", "method": "tools/call"},
                 {"decision": "allowed"},
                 {"from": "2000-01-01T00:00:00", "to": "2100-01-01T00:00:00"},
@@ -244,7 +257,8 @@ async def test_postgres_sink_and_admin_api_scoped_by_tenant(postgres_dsn: str, t
 
             # not an admin: refused (and that refusal is audited too); bad query parameters: 400
             denied = await admin_query(gw, "user")
-            assert denied.status_code == 403 and denied.json()["error"]["data"]["reason"] == "admin_scope_required"
+            reason = problem_reason(denied.headers["content-type"], denied.status_code, denied.json())
+            assert denied.status_code == 403 and reason == "admin_scope_required"
             assert (await admin_query(gw, "admina", limit="0")).status_code == 400
             assert (await admin_query(gw, "admina", decision="maybe")).status_code == 400
             assert (await admin_query(gw, "admina", cursor="!!")).status_code == 400
@@ -276,8 +290,16 @@ async def test_gateway_keeps_every_record_across_a_postgres_outage(
 ) -> None:
     async with temp_database(private_postgres.dsn) as dsn:
         up = start_upstream(tmp_path, json_response=True)
-        config = {"postgres": {"dsn": dsn}, "audit": {"sink": "postgres", "reconnect_interval": 0.2}}
-        gw = start_gateway(tmp_path / "gw", default_policies(up.url), keys=KEYS, config=config)
+        # the load is 450 `initialize`s of one key: sessions are capped per key and cost a rate unit by default,
+        # neither of which this test is about
+        config = {
+            "postgres": {"dsn": dsn},
+            "audit": {"sink": "postgres", "reconnect_interval": 0.2},
+            "http": {"max_sessions_per_key": 1000},
+        }
+        policies = default_policies(up.url)
+        policies["limits.yaml"] = {"costs": {"initialize": 0}}
+        gw = start_gateway(tmp_path / "gw", policies, keys=KEYS, config=config)
         sent: list[str] = []
         with running(gw, up):
             async with httpx.AsyncClient(timeout=10) as client:

@@ -120,7 +120,7 @@ async def test_replayed_batches_are_idempotent(postgres_dsn: str, tmp_path: Path
         # seal records the way the writer does, then send the same batch three times (replays after failures)
         from gateway.audit.record import capture
 
-        records = pipe._seal([capture(c) for c in events])
+        records = await pipe._seal([capture(c) for c in events])
         sink = PostgresSink(dsn)
         try:
             for _ in range(3):

@@ -15,16 +15,17 @@ from dataclasses import dataclass
 import pytest
 import redis.asyncio as aioredis
 
-from gateway.breaker.registry import BreakerRegistry
-from gateway.breaker.shared import RedisBreakerStore
-from gateway.breaker.state import CircuitBreaker, State
 from gateway.context import RequestContext, UpstreamOutcome
 from gateway.errors import CircuitOpen
 from gateway.filters.breaker import BreakerFilter
 from gateway.policy.resilience import BreakerPolicy
 from gateway.policy.servers import ServerPolicy
+from gateway.resilience.registry import BreakerRegistry
+from gateway.resilience.shared import RedisBreakerStore
+from gateway.resilience.state import CircuitBreaker, State
 from gateway.sessions import MemorySessionStore
 from gateway.upstream.balancer import Balancer
+from gateway.upstream.choice import UpstreamChoice
 from tests.harness import RedisInstance
 
 pytestmark = pytest.mark.integration
@@ -171,7 +172,7 @@ async def test_closed_breakers_never_touch_redis_and_redis_down_means_local_deci
     admin = aioredis.Redis.from_url(private_redis.url)
     srv = ServerPolicy.model_validate({"upstreams": [{"url": URL}], "breaker": POLICY.model_dump()})
     bal = Balancer(lambda s, u: True, lambda s, u: 0.0)
-    flt = BreakerFilter(rep.registry, bal, MemorySessionStore(), bal.pick)
+    flt = BreakerFilter(rep.registry, UpstreamChoice(MemorySessionStore(), bal))
 
     async def call(status: int | None, error: str | None = None) -> RequestContext:
         ctx = filter_ctx(srv)

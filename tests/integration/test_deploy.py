@@ -202,8 +202,13 @@ def test_alert_rules_cover_the_required_conditions_with_existing_metrics() -> No
         "mcp_gateway_audit_spool_bytes",  # audit spool growing
         "mcp_gateway_policy_reloads_total",  # reload failures
         "mcp_gateway_requests_total",  # error rate
+        "mcp_gateway_event_loop_lag_seconds",  # sustained event-loop lag
+        "mcp_gateway_request_duration_seconds",  # p99 latency by server
+        "mcp_gateway_audit_queue_age_seconds",  # audit lag
+        "mcp_gateway_policy_snapshot_info",  # replicas of one deployment disagree
     ):
         assert metric in exprs
+    assert 'up{job=~"mcp-gateway.*"}' in exprs  # gateway down
     code = code_metric_names()
     missing = sorted(n for n in used_metric_names(text) if not known(n, code))
     assert missing == []
@@ -266,6 +271,80 @@ def test_promtool_rejects_a_broken_rule(tmp_path: Path) -> None:
     )
     result = subprocess.run([exe, "check", "rules", str(bad)], capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode != 0
+
+
+def _alerts() -> dict[str, dict[str, Any]]:
+    return {r["alert"]: r for g in docs(DEPLOY / "prometheus" / "alerts.yml")[0]["groups"] for r in g["rules"]}
+
+
+def test_every_alert_has_a_firing_and_a_quiet_promtool_case() -> None:
+    tests = docs(DEPLOY / "prometheus" / "alerts.test.yml")[0]
+    assert tests["rule_files"] == ["alerts.yml"]
+    cases = [c for t in tests["tests"] for c in t["alert_rule_test"]]
+    for alert in _alerts():
+        mine = [c for c in cases if c["alertname"] == alert]
+        assert any(c.get("exp_alerts") for c in mine), f"{alert}: no case where it fires"
+        assert any(not c.get("exp_alerts") for c in mine), f"{alert}: no case where it stays quiet"
+    assert {c["alertname"] for c in cases} <= set(_alerts()), "cases for alerts that do not exist"
+
+
+def _test_rules(directory: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [_promtool(), "test", "rules", "alerts.test.yml"],
+        cwd=directory,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_promtool_test_rules_passes() -> None:
+    result = _test_rules(DEPLOY / "prometheus")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+def test_promtool_cases_catch_the_shared_prometheus_false_alarm(tmp_path: Path) -> None:
+    """The cases are real: the old policy-versions rule, which compared every replica Prometheus scrapes, fails
+    them (two deployments sharing a Prometheus with different policies fired it)."""
+    rules = (DEPLOY / "prometheus" / "alerts.yml").read_text()
+    fixed = _alerts()["McpGatewayPolicyVersionsDiverge"]["expr"]
+    assert "by (job, namespace)" in fixed
+    old = "count(count by (version) (mcp_gateway_policy_snapshot_info == 1)) > 1"
+    (tmp_path / "alerts.yml").write_text(rules.replace(fixed, old))
+    shutil.copy(DEPLOY / "prometheus" / "alerts.test.yml", tmp_path / "alerts.test.yml")
+    result = _test_rules(tmp_path)
+    assert result.returncode != 0
+    assert "McpGatewayPolicyVersionsDiverge" in result.stdout + result.stderr
+
+
+def test_dashboard_has_no_hard_coded_datasource() -> None:
+    """Every panel, query and variable uses the `datasource` variable, so the dashboard imports into any Grafana
+    whatever its Prometheus data source is called."""
+    for path in sorted((DEPLOY / "grafana" / "dashboards").glob("*.json")):
+        dash = json.loads(path.read_text())
+        refs: list[Any] = []
+
+        def walk(node: Any, refs: list[Any] = refs) -> None:
+            if isinstance(node, dict):
+                for key, value in node.items():
+                    if key == "datasource":
+                        refs.append(value)
+                    else:
+                        walk(value)
+            elif isinstance(node, list):
+                for item in node:
+                    walk(item)
+
+        walk(dash)
+        assert len(refs) >= len(dash["panels"]), path.name
+        assert all(r == {"type": "prometheus", "uid": "${datasource}"} for r in refs), (path.name, refs)
+        variables = {v["name"]: v for v in dash["templating"]["list"]}
+        assert variables["datasource"]["type"] == "datasource"
+        assert variables["datasource"]["query"] == "prometheus"
+        assert not variables["datasource"].get("current"), "a default data source would hard-code one again"
+        assert "__inputs" not in dash
 
 
 def test_operations_doc_lists_every_metric_in_the_code() -> None:

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from multidict import CIMultiDict
 
+from gateway.auth.principal import Principal
 from gateway.context import RequestContext, UpstreamOutcome
-from gateway.errors import UpstreamPoolExhausted, UpstreamTimeout, UpstreamUnavailable
-from gateway.policy.servers import ServerPolicy
-from gateway.upstream.h1client import (
+from gateway.errors import ConcurrencyLimited, UpstreamPoolExhausted, UpstreamTimeout, UpstreamUnavailable
+from gateway.net.h1client import (
     HIGH_WATER,
     H1BodyError,
     H1BodyTimeout,
@@ -34,6 +34,7 @@ from gateway.upstream.h1client import (
     build_request,
     parse_url,
 )
+from gateway.policy.servers import ServerPolicy
 from gateway.upstream.http import HttpForwarder
 from gateway.upstream.pool import UpstreamPools
 from gateway.upstream.resilient import ResilientForwarder
@@ -672,7 +673,8 @@ async def test_forwarder_classifies_connect_and_pool_wait_timeouts_as_never_deli
             # still never-delivered (retryable, a subclass of UpstreamUnavailable), but told as the gateway's cap
             assert isinstance(waited.value, UpstreamUnavailable) and waited.value.status == 503
             assert waited.value.reason == "upstream_pool_exhausted" and waited.value.headers["Retry-After"] == "1"
-            assert [o.error for o in outcomes] == ["connect"]
+            # the gateway's own cap: kind "pool", which breakers do not count (issue 15, item 2)
+            assert [o.error for o in outcomes] == ["pool"]
             holder.cancel()
             await asyncio.gather(holder, return_exceptions=True)
         finally:
@@ -733,3 +735,98 @@ async def test_resilient_forwarder_retries_a_connect_timeout_on_another_instance
         assert ctx.notes["retries"] == 1 and ctx.upstream_url == srv.url
         assert [(o.error, o.status) for o in outcomes] == [("connect", None), (None, 200)]
         assert len(srv.requests) == 1
+
+
+SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+def stream_ctx(server: ServerPolicy, tenant: str, method: str = "GET") -> RequestContext:
+    ctx = ctx_for(server, [])
+    ctx.http_method = method
+    ctx.body = b""
+    ctx.principal = Principal(tenant=tenant, subject=tenant, key_id=tenant)
+    return ctx
+
+
+async def test_streams_use_their_own_pool_and_an_evicted_one_ends_cleanly() -> None:
+    """A GET holds a connection of the stream pool, never of the request pool; when the stream pool is full, a
+    tenant under its share takes the newest stream of the biggest holder, whose reader sees a normal end after the
+    bytes already received, and whose upstream connection is closed at once."""
+
+    async def handler(conn: Conn) -> None:
+        while (req := await conn.request()) is not None:
+            if req.line.startswith("GET"):
+                await conn.send(SSE_HEAD + b"12\r\nevent: a\ndata: 1\n\n\r\n")
+                await conn.closed_by_peer()  # an idle stream: nothing more until the gateway lets go
+                return
+            await conn.send(ok())
+
+    async with serve(handler) as srv:
+        server = ServerPolicy.model_validate(
+            {"upstreams": [{"url": srv.url}], "pool": {"max_connections": 1, "max_streams": 2, "max_wait_seconds": 1}}
+        )
+        pools = UpstreamPools()
+        forwarder = HttpForwarder(pools, 15.0)
+        try:
+            hog_ctx = [stream_ctx(server, "hog") for _ in range(2)]
+            hog = [await forwarder.open(c, server, srv.url, "GET") for c in hog_ctx]
+            # two idle streams and a request pool of one: calls still get their connection at once, twice over
+            for _ in range(2):
+                resp = await forwarder.open(ctx_for(server, []), server, srv.url, "POST")
+                assert await read_all(resp) == b'{"ok":true}'
+                resp.close()
+            with pytest.raises(ConcurrencyLimited) as refused:
+                await forwarder.open(stream_ctx(server, "hog"), server, srv.url, "GET")
+            assert refused.value.reason == "stream_share_exceeded" and refused.value.stage == "ratelimit"
+            assert refused.value.data == {"limit": "upstream_streams", "retryAfterSeconds": 5}
+
+            small = await forwarder.open(stream_ctx(server, "small"), server, srv.url, "GET")
+            assert await read_all(hog[1]) == b"event: a\ndata: 1\n\n"  # then a normal end, no body error
+            assert hog_ctx[1].notes["stream_ended"] == "stream_share"
+            assert "stream_ended" not in hog_ctx[0].notes
+            await until(lambda: len(srv.ended) == 1)  # the evicted stream's upstream connection was closed
+            assert (await small.content.readany()).startswith(b"event: a")
+            sp, _ = pools.streams(srv.url, server.pool)
+            assert (sp.budget.held("hog"), sp.budget.held("small")) == (1, 1)
+            for c in hog_ctx:  # the requests end: their slots come back once, the evicted one's not twice
+                for release in c.releases:
+                    release()
+            assert sp.budget.open == 1
+        finally:
+            await pools.close()
+
+
+async def test_a_discarded_retry_attempt_gives_its_stream_slot_back() -> None:
+    """A GET answered 503 is retried (read-only); the attempt's stream slot is returned first, so a stream pool of
+    one still admits the retry."""
+    served = 0
+
+    async def handler(conn: Conn) -> None:
+        nonlocal served
+        while (req := await conn.request()) is not None:
+            served += 1
+            if served == 1:
+                await conn.send(b"HTTP/1.1 503 Busy\r\nContent-Length: 0\r\n\r\n")
+                continue
+            assert req.line.startswith("GET")
+            await conn.send(SSE_HEAD)
+            await conn.closed_by_peer()
+            return
+
+    async with serve(handler) as srv:
+        server = ServerPolicy.model_validate(
+            {"upstreams": [{"url": srv.url}], "pool": {"max_streams": 1}, "retry": {"backoff_seconds": 0}}
+        )
+        pools = UpstreamPools()
+        forwarder = ResilientForwarder(pools, 15.0)
+        try:
+            ctx = stream_ctx(server, "t")
+            resp = await forwarder.open(ctx, server, srv.url, "GET")
+            assert resp.status == 200 and served == 2 and ctx.notes["retries"] == 1
+            sp, _ = pools.streams(srv.url, server.pool)
+            assert sp.budget.open == 1 and len(ctx.releases) == 1
+            resp.close()
+            ctx.releases.pop()()
+            assert sp.budget.open == 0
+        finally:
+            await pools.close()

@@ -1,4 +1,4 @@
-"""The lean HTTP/1.1 server (gateway/h1server.py) against a real gateway process and an SDK upstream.
+"""The lean HTTP/1.1 server (gateway/net/h1server.py) against a real gateway process and an SDK upstream.
 
 Requests are written on raw sockets so that the bytes on the wire (splits, pipelining, malformed heads) are what
 the test says. Read timeouts only guard against a hang; no duration is asserted. The handover counter
@@ -348,7 +348,7 @@ async def test_refusal_on_the_lean_path_is_well_formed(env: Env) -> None:
         assert r2.message()["id"] == 32
     assert await env.handovers() == before
     # the same refusal from aiohttp (a query string sends the request there) has the same headers and body
-    # (`WWW-Authenticate` is only sent on OAuth routes: gateway/filters/authn.py; this is an API-key route)
+    # (an API-key route: both carry the `ApiKey` challenge of gateway/filters/authn.py)
     async with connected(gw) as c2:
         data = post(gw, init(31), auth=False).replace(b"/mcp/example ", b"/mcp/example?via=aiohttp ", 1)
         ref = await c2.exchange(data)
@@ -369,7 +369,7 @@ async def test_get_after_post_hands_the_connection_over(env: Env) -> None:
         assert r1.status == 200 and r1.message()["id"] == 41
         r2 = await c.exchange(get(gw, "/healthz"))
         assert r2.status == 200
-        assert json.loads(r2.body) == {"status": "ok"}
+        assert json.loads(r2.body)["status"] == "ok"
         assert await env.handovers() == before + 1
         # the same connection, now aiohttp's: a POST still works and nothing is handed over again
         r3 = await c.exchange(post(gw, init(42)))
@@ -463,6 +463,66 @@ async def test_event_stream_answer_is_chunked_on_the_lean_path(env: Env) -> None
         assert r2.status == 200, r2.body
         assert r2.message() == {"jsonrpc": "2.0", "id": 112, "result": {}}
     assert await env.handovers() == before
+
+
+def stream_get(gw: Gateway, sid: str, server: str = "streaming", body: bytes = b"") -> bytes:
+    """A session's standalone `GET /mcp/{server}` event stream request."""
+    headers = {
+        "Host": f"127.0.0.1:{gw.port}",
+        "Accept": "text/event-stream",
+        **gw.auth(KEY),
+        **session_headers(sid),
+    }
+    if body:
+        headers["Content-Length"] = str(len(body))
+    head = f"GET /mcp/{server} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n"
+    return head.encode() + body
+
+
+async def test_session_get_stream_is_served_on_the_lean_path(env: Env) -> None:
+    """The GET stream is not handed to aiohttp: it must not lose the race against the POST sent right after it
+    (issue 16)."""
+    gw = env.gw
+    before = await env.handovers()
+    async with connected(gw) as c, connected(gw) as s:
+        r = await c.exchange(post(gw, init(141), server="streaming"))
+        assert r.status == 200, r.body
+        sid = r.headers["Mcp-Session-Id"]
+        note = await c.exchange(
+            post(gw, rpc("notifications/initialized", None), extra=session_headers(sid), server="streaming")
+        )
+        assert note.status == 202, note.body
+        await s.send(stream_get(gw, sid))
+        async with asyncio.timeout(GUARD):
+            head = (await s.reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+        assert head.startswith("http/1.1 200 "), head
+        assert "content-type: text/event-stream" in head and "transfer-encoding: chunked" in head, head
+        # the session still works while its stream is open
+        r2 = await c.exchange(post(gw, rpc("ping", 142), extra=session_headers(sid), server="streaming"))
+        assert r2.status == 200 and r2.message() == {"jsonrpc": "2.0", "id": 142, "result": {}}
+    assert await env.handovers() == before
+
+
+async def test_get_refusal_on_the_lean_path_is_well_formed(env: Env) -> None:
+    gw = env.gw
+    before = await env.handovers()
+    async with connected(gw) as c:
+        data = stream_get(gw, "no-such-session", server="example").replace(b"Authorization: Bearer ", b"X-Not: ", 1)
+        r = await c.exchange(data)
+        assert r.status == 401, r.body
+        assert r.message()["jsonrpc"] == "2.0" and isinstance(r.message()["error"]["code"], int)
+        r2 = await c.exchange(stream_get(gw, "no-such-session", server="example"))
+        assert r2.status == 404, r2.body  # an unknown session, on the same (still lean) connection
+    assert await env.handovers() == before
+
+
+async def test_get_with_a_body_is_handed_over(env: Env) -> None:
+    gw = env.gw
+    before = await env.handovers()
+    async with connected(gw) as c:
+        r = await c.exchange(stream_get(gw, "no-such-session", server="example", body=b"hello"))
+        assert r.status == 404, r.body
+    assert await env.handovers() == before + 1
 
 
 FILLER = b"".join(f"X-Filler-{i}: {'v' * 1000}\r\n".encode() for i in range(40))

@@ -13,11 +13,11 @@ import pytest
 import redis.asyncio as aioredis
 from prometheus_client import CollectorRegistry
 
+from gateway.net.redis_mux import RedisMux
 from gateway.ratelimit.backend import LimiterBackend
 from gateway.ratelimit.gcra import SlotCheck, TierCheck
 from gateway.ratelimit.metrics import RateLimitMetrics
 from gateway.ratelimit.redis_store import RedisLimiterStore
-from gateway.redis_mux import RedisMux
 from tests.harness import RedisInstance
 
 pytestmark = pytest.mark.integration
@@ -166,16 +166,21 @@ async def test_redis_killed_falls_back_and_returns(private_redis: RedisInstance)
         assert seen == {"fallback"}  # even the request that met the dead Redis was decided, in process
         assert backend.degraded
         assert registry.get_sample_value("mcp_gateway_ratelimit_fallback_active") == 1
-        # the fallback takes fallback_share of shared tiers: half of the burst of 50
-        admitted = sum(
-            [(await backend.decide([tier("tenant", 0.001, 10)], [], 0, "fallback", 0.5)).allowed for _ in range(20)]
-        )
-        assert admitted == 5
+        # a bucket first used after the switch starts empty: the switch admits no burst of its own (Redis may have
+        # admitted this tier's whole burst just before it died)
+        slow = tier("tenant", 0.001, 10)
+        verdicts = [await backend.decide([slow], [], 0, "fallback", 0.5) for _ in range(20)]
+        assert sum(v.allowed for v in verdicts) == 0
+        # the fallback decides shared tiers at fallback_share of their rate and burst (each replica its part)
+        assert (verdicts[0].tiers[0].burst, verdicts[0].tiers[0].interval) == (5, pytest.approx(2000.0))
         private_redis.start()
         back = time.monotonic()
         while backend.degraded:
             assert time.monotonic() - back < 2.0, "did not return to Redis within 2 s"
             await asyncio.sleep(0.02)
+        # Redis came back empty: the tiers used in fallback were sealed there with empty buckets, so the way back
+        # admits no burst either
+        assert not (await backend.decide([slow], [], 0)).allowed
         assert (await backend.decide([t], [], 0)).backend == "redis"
         assert registry.get_sample_value("mcp_gateway_ratelimit_fallback_active") == 0
         assert (

@@ -1,4 +1,4 @@
-"""The multiplexed hot-path Redis connection (gateway/redis_mux.py) against real Redis servers: the shared one with
+"""The multiplexed hot-path Redis connection (gateway/net/redis_mux.py) against real Redis servers: the shared one with
 unique key prefixes, and private ones for SCRIPT FLUSH, kill/restart, pauses, AUTH/SELECT and a unix socket."""
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from redis.exceptions import AuthenticationError, DataError, NoScriptError, Resp
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from gateway.net.redis_mux import BUSY, RedisMux
 from gateway.ratelimit.backend import LimiterBackend
 from gateway.ratelimit.gcra import TierCheck
 from gateway.ratelimit.metrics import RateLimitMetrics
 from gateway.ratelimit.redis_store import LuaScript, RedisLimiterStore
 from gateway.redis_client import GatewayRedis, hot_path, make_client
-from gateway.redis_mux import BUSY, RedisMux
-from gateway.sessions import MemorySessionStore, RedisSessionStore, SessionBinding
+from gateway.sessions import MemorySessionStore, SessionBinding
+from gateway.sessions_redis import RedisSessionStore
 from gateway.settings import Settings
 from tests.harness import Proc, RedisInstance
 
@@ -344,6 +345,11 @@ def test_tls_and_plain_clients_stay_on_redis_py() -> None:
     plain = make_client(Settings.model_validate({"redis": {"url": "redis://127.0.0.1:6379/0"}}))
     assert isinstance(plain, GatewayRedis) and isinstance(hot_path(plain), RedisMux)
     assert hot_path(aioredis.Redis()) is None
+
+
+def test_multiplex_off_keeps_the_request_path_on_redis_py() -> None:
+    off = make_client(Settings.model_validate({"redis": {"url": "redis://127.0.0.1:6379/0", "multiplex": False}}))
+    assert isinstance(off, GatewayRedis) and hot_path(off) is None
 
 
 async def test_limiter_over_the_mux_falls_back_and_returns(private_redis: RedisInstance) -> None:

@@ -1,6 +1,7 @@
 """Load benchmark: direct upstream vs bare aiohttp proxy vs the gateway, measured interleaved in one run.
 
     python -m tests.perf.bench [--rounds N] [--duration S] [--quick] [--streams N] [--no-profile]
+    python -m tests.perf.bench --latency [--rounds N] [--duration S]    # issue 22's tail-latency targets only
 
 Every scenario is measured in rounds; within a round the targets are visited in a fixed order that puts the bare
 proxy between the two gateways it is compared with (and each cost variant next to its gateway), forwards in even
@@ -39,18 +40,30 @@ from tests.perf.diagnostics import (
     run_profile,
     start_probed_gateway,
 )
-from tests.perf.measure import log, measure_idle_streams, measure_json, measure_sse, raise_fd_limit
+from tests.perf.measure import (
+    log,
+    measure_idle_streams,
+    measure_json,
+    measure_sse,
+    raise_fd_limit,
+    use_loadgen,
+)
 from tests.perf.report import (
     Raw,
     budget_bounds,
+    check_issue22_targets,
     check_issue_targets,
     cost_rows,
+    holds_by_holder,
     per_round_ratios,
     render_budget,
     render_costs,
     render_diagnostics,
+    render_holds,
+    render_latency_markdown,
     render_markdown,
     render_table,
+    render_tail,
     summarize,
     summarize_budget,
 )
@@ -68,10 +81,14 @@ from tests.perf.targets import (
     start_bare_proxy,
     start_bench_gateway,
     start_fast_upstream,
+    start_otlp_sink,
     wait_ready,
 )
 
 RESULTS = ROOT / "tests" / "perf" / "results" / "latest.json"
+LATENCY_RESULTS = ROOT / "tests" / "perf" / "results" / "latency.json"
+# --latency: the tail-latency targets of issue 22 only (the bare proxy between the two gateways it is compared with)
+LATENCY_TARGETS = ("gw_embedded", "bare", "gw_redis_pg")
 JSON_SCENARIOS = {"json_c1": 1, "json_c32": 32}
 # the two-worker target only makes sense under concurrency; gw_gc_tuned runs only with --gc-tuned-target. The cost
 # targets (a gateway without rate limits, one with the least audit) run only at 32 connections, to keep the run
@@ -80,9 +97,16 @@ COST_TARGETS = {
     # name: label; tests/perf/report.py COSTS says which target each is compared with
     "gw_embedded_nolimit": "(c-nolimit) (c) without rate limits",
     "gw_embedded_noaudit": "(c-noaudit) (c), audit sink log, no records",
+    # what the audit journal (issue 15 item 4: a pre-record of every answer written before its first byte) costs
+    "gw_embedded_nojournal": "(c-nojournal) (c), audit.journal: false",
     # compared with (c) as what the lean HTTP server (http.fast_path, default on) saves; a gateway without the
     # setting refuses to start with it, and the target is then listed as unavailable
     "gw_embedded_nofast": "(c, aiohttp server) as (c), http.fast_path: false",
+    # OpenTelemetry tracing on (exporting to an OTLP sink on the same machine), every request sampled, and with a
+    # sampler that keeps none: what spans cost, and what tracing costs a request that is not sampled. (c) itself
+    # runs with tracing off, whose cost is none by construction (compare (c) across runs)
+    "gw_embedded_trace1": "(c-trace1) (c), tracing on, sampler ratio 1.0",
+    "gw_embedded_trace0": "(c-trace0) (c), tracing on, sampler ratio 0.0",
     "gw_redis_pg_nolimit": "(d-nolimit) (d) without rate limits",
     "gw_redis_pg_noaudit": "(d-noaudit) (d), audit sink log, no records",
 }
@@ -95,7 +119,10 @@ SCENARIO_TARGETS = {
         "gw_embedded_nofast",
         "gw_embedded_noaudit",
         "gw_embedded_nolimit",
+        "gw_embedded_nojournal",
+        "gw_embedded_trace1",
         "gw_embedded",
+        "gw_embedded_trace0",
         "bare",
         "gw_redis_pg",
         "gw_redis_pg_nolimit",
@@ -131,6 +158,7 @@ def machine_info(rounds: int, args: argparse.Namespace) -> dict[str, Any]:
         "python": platform.python_version(),
         "platform": platform.platform(),
         "aiohttp": aiohttp.__version__,
+        "loadgen": getattr(args, "loadgen", "python"),
         "git_commit": commit,
         # the machine is shared: a high load average means other work competed with every target
         "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
@@ -149,6 +177,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=None, help="seconds per measurement (default 4; quick 1)")
     p.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each measurement")
     p.add_argument("--quick", action="store_true", help="short sanity run")
+    p.add_argument(
+        "--latency",
+        action="store_true",
+        help="only the tail-latency targets: 1 and 32 connections, bare proxy and gateways (c) and (d); ~3 minutes",
+    )
     p.add_argument("--streams", type=int, default=None, help="idle SSE streams for the memory scenario (2000)")
     p.add_argument("--sse-events", type=int, default=None, help="events per SSE latency measurement (200)")
     p.add_argument("--profile-seconds", type=float, default=None, help="py-spy profile length (10; quick 3)")
@@ -164,14 +197,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="skip the diagnostic targets without rate limits / with the least audit / without the lean HTTP server",
     )
     p.add_argument("--audit-records", type=int, default=None, help="records per audit throughput run (50000)")
-    p.add_argument("--output", type=Path, default=RESULTS)
+    p.add_argument("--output", type=Path, default=None, help="default results/latest.json (--latency: latency.json)")
+    p.add_argument(
+        "--loadgen",
+        choices=["wrk", "python"],
+        default="wrk" if shutil.which("wrk") else "python",
+        help="load generator of the JSON scenarios: wrk (default when installed; make bench installs it) or the "
+        "Python one (tests/perf/loadgen.py), which spends ~10x more CPU per request on the same cores",
+    )
     p.add_argument("--keep-workdir", action="store_true", help="keep logs and audit files (kept anyway on failure)")
     args = p.parse_args(argv)
     q = args.quick
     # five rounds: this shared machine's speed drifts within a run (per-round ratios spread by about +-10%), and a
     # median of three moved by up to 0.05 between runs of the same code
-    args.rounds = args.rounds or (2 if q else 5)
-    args.duration = args.duration or (1.0 if q else 4.0)
+    args.rounds = args.rounds or (2 if q else 3 if args.latency else 5)
+    args.duration = args.duration or (1.0 if q else 5.0 if args.latency else 4.0)
+    args.output = args.output or (LATENCY_RESULTS if args.latency else RESULTS)
     args.streams = args.streams or (200 if q else 2000)
     args.sse_events = args.sse_events or (50 if q else 200)
     args.profile_seconds = args.profile_seconds or (3.0 if q else 10.0)
@@ -222,7 +263,14 @@ def start_targets(run: Run, args: argparse.Namespace) -> dict[str, Target]:
     up, via = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{bare_port}"
     targets = {
         "direct": Target("direct", "(a) direct to upstream", f"{up}/mcp", f"{up}/tick", pid=upstream.pid),
-        "bare": Target("bare", "(b) bare aiohttp proxy", f"{via}/mcp", f"{via}/tick", pid=bare.pid),
+        "bare": Target(
+            "bare",
+            "(b) bare aiohttp proxy",
+            f"{via}/mcp",
+            f"{via}/tick",
+            pid=bare.pid,
+            lag_url=f"{via}/_looplag/metrics",
+        ),
     }
     gw = start_bench_gateway(run.workdir, "embedded", up_port, pool)
     run.procs.append(gw)
@@ -242,6 +290,8 @@ def start_targets(run: Run, args: argparse.Namespace) -> dict[str, Target]:
         targets["gw_redis_pg"].notes["backends"] = backends.notes
     except (RuntimeError, TimeoutError) as exc:
         run.unavailable["(d) gateway, Redis + PostgreSQL"] = f"did not start: {str(exc)[-400:]}"
+    if args.latency:
+        return _ready(run, targets, started)
     try:
         # without Redis each worker keeps its own session bindings, so a session initialized on one worker is
         # unknown to the other (docs/operations.md): two workers share state through Redis, like (d)
@@ -258,7 +308,14 @@ def start_targets(run: Run, args: argparse.Namespace) -> dict[str, Target]:
             ("gw_embedded_nolimit", "embedded_nolimit", {}, False),
             ("gw_embedded_noaudit", "embedded_noaudit", {"audit": NO_AUDIT}, True),
             ("gw_embedded_nofast", "embedded_nofast", {"http": {"fast_path": False}}, True),
+            ("gw_embedded_nojournal", "embedded_nojournal", {"audit": {"journal": False}}, True),
         ]
+        sink, sink_port = start_otlp_sink(run.workdir)
+        run.procs.append(sink)
+        tracing = {"enabled": True, "endpoint": f"http://127.0.0.1:{sink_port}/v1/traces"}
+        for ratio in (1, 0):
+            vcfg_t = {"tracing": {**tracing, "sampler": {"ratio": float(ratio)}}}
+            variants.append((f"gw_embedded_trace{ratio}", f"embedded_trace{ratio}", vcfg_t, True))
         if "gw_redis_pg" in started:
             for suffix, extra, limits in (("nolimit", {}, False), ("noaudit", {"audit": NO_AUDIT}, True)):
                 redis_cfg = {**cfg["redis"], "key_prefix": f"{backends.key_prefix}{suffix}:"}
@@ -279,8 +336,9 @@ def start_targets(run: Run, args: argparse.Namespace) -> dict[str, Target]:
                 "limits": "on" if limits else NO_LIMITS,
                 "audit": vcfg.get("audit", "as its base"),
             }
-            if "http" in vcfg:
-                targets[name].notes["config"]["http"] = vcfg["http"]
+            for section in ("http", "tracing"):
+                if section in vcfg:
+                    targets[name].notes["config"][section] = vcfg[section]
     if args.gc_tuned_target:
         try:
             gw4 = start_probed_gateway(run.workdir, "gc_tuned", up_port, pool, run.workdir / "gc-target.json", True)
@@ -288,12 +346,7 @@ def start_targets(run: Run, args: argparse.Namespace) -> dict[str, Target]:
             targets["gw_gc_tuned"] = gateway_target("gw_gc_tuned", "(c*) as (c), GC tuned (diagnostic)", gw4)
         except (RuntimeError, TimeoutError) as exc:
             run.unavailable["(c*) GC-tuned gateway"] = f"did not start: {str(exc)[-400:]}"
-    for name, g in started.items():
-        ready, body = wait_ready(g)
-        if name in targets:
-            targets[name].notes["readyz"] = body[:500]
-        if not ready:
-            log(f"{name}: not ready: {body[:300]}")
+    _ready(run, targets, started)
     if "gw_workers2" in started:
         gw3 = started["gw_workers2"]
         time.sleep(1.0)  # workers, if any, start after the parent listens
@@ -309,14 +362,29 @@ def start_targets(run: Run, args: argparse.Namespace) -> dict[str, Target]:
     return targets
 
 
+def _ready(run: Run, targets: dict[str, Target], started: dict[str, Gateway]) -> dict[str, Target]:
+    for name, g in started.items():
+        ready, body = wait_ready(g)
+        if name in targets:
+            targets[name].notes["readyz"] = body[:500]
+        if not ready:
+            log(f"{name}: not ready: {body[:300]}")
+    return targets
+
+
 def run_rounds(targets: dict[str, Target], args: argparse.Namespace, tick_interval: float) -> Raw:
     """Every scenario, round after round, in SCENARIO_TARGETS order in even rounds and reversed in odd ones.
 
-    JSON measurements also take the CPU budget of every process on the machine (measure_json `cpu_budget`)."""
+    JSON measurements also take the CPU budget of every process on the machine (measure_json `cpu_budget`), the
+    longest event-loop lag and stall of the run, and every gateway gets a policy reload (SIGHUP) in the middle of
+    the measured window (issue 22: the loop must stay free while audit, limits, health checks and a reload run)."""
     upstream_pid = targets["direct"].pid
-    raw: Raw = {scen: {n: [] for n in names if n in targets} for scen, names in SCENARIO_TARGETS.items()}
+    scenarios = SCENARIO_TARGETS
+    if args.latency:
+        scenarios = {scen: LATENCY_TARGETS for scen in JSON_SCENARIOS}
+    raw: Raw = {scen: {n: [] for n in names if n in targets} for scen, names in scenarios.items()}
     for rnd in range(args.rounds):
-        for scen in ("json_c1", "json_c32", "sse"):
+        for scen in raw:
             names = list(raw[scen])
             for name in names if rnd % 2 == 0 else names[::-1]:
                 t = targets[name]
@@ -325,11 +393,22 @@ def run_rounds(targets: dict[str, Target], args: argparse.Namespace, tick_interv
                     shown = f"{res.get('events')} events"
                 else:
                     res = measure_json(
-                        t, JSON_SCENARIOS[scen], args.duration, args.warmup, cpu_budget=True, upstream_pid=upstream_pid
+                        t,
+                        JSON_SCENARIOS[scen],
+                        args.duration,
+                        args.warmup,
+                        cpu_budget=True,
+                        upstream_pid=upstream_pid,
+                        reload=name.startswith("gw_"),
                     )
                     shown = f"{res.get('rps', 0):.0f} req/s errors {res.get('errors', 0)}"
                 raw[scen][name].append(res)
                 shown += f" p50 {res.get('p50_ms', math.nan):.3f} ms p99 {res.get('p99_ms', math.nan):.3f} ms"
+                if "loop_stall_max_ms" in res:
+                    shown += (
+                        f" p99.9 {res.get('p999_ms', math.nan):.3f} ms loop lag {res['loop_lag_max_ms']:.2f} ms"
+                        f" stall {res['loop_stall_max_ms']:.2f} ms"
+                    )
                 log(f"round {rnd + 1}/{args.rounds} {scen:<8} {name:<12} {res.get('error') or shown}")
                 if res.get("errors"):
                     log(f"   error sample: {res.get('error_sample', '')[:200]}")
@@ -349,8 +428,47 @@ def measure_memory(targets: dict[str, Target], streams: int, requested: int, fd_
     return memory
 
 
+def write_latency(
+    args: argparse.Namespace,
+    targets: dict[str, Target],
+    raw: Raw,
+    run: Run,
+    stages: dict[str, str],
+    load_at_start: list[float],
+    started: float,
+) -> None:
+    """--latency: the tail table and issue 22's verdicts, printed and written to `args.output` (+ .md)."""
+    summary = summarize(raw)
+    ratios = per_round_ratios(raw)
+    checks = check_issue22_targets(ratios, summary)
+    labels = {n: t.label for n, t in targets.items()}
+    print(render_tail(labels, summary, checks))
+    holds = holds_by_holder(raw)
+    print(render_holds(labels, holds))
+    load_now = [round(x, 2) for x in os.getloadavg()]
+    print(f"\nload average at start {load_at_start}, at end {load_now} (nproc {os.cpu_count()})")
+    for name, why in run.unavailable.items():
+        print(f"{name}: NOT AVAILABLE ({why})")
+    result = {
+        "machine": {**machine_info(args.rounds, args), "loadavg_at_start": load_at_start, "latency_only": True},
+        "targets": {n: {"label": t.label, "json_url": t.json_url, "notes": t.notes} for n, t in targets.items()},
+        "unavailable": run.unavailable,
+        "chain_stages": stages,
+        "medians": summary,
+        "ratios": ratios,
+        "issue22_targets": checks,
+        "loop_holds_ms": holds,
+        "rounds": raw,
+        "elapsed_s": round(time.monotonic() - started, 1),
+    }
+    args.output.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n")
+    args.output.with_suffix(".md").write_text(render_latency_markdown(orjson.loads(orjson.dumps(result))))
+    log(f"wrote {args.output} in {time.monotonic() - started:.0f}s")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    use_loadgen(args.loadgen)
     args.output.parent.mkdir(parents=True, exist_ok=True)  # the profiles are written next to it before the JSON
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     hard_fds = raise_fd_limit()
@@ -370,6 +488,10 @@ def main(argv: list[str] | None = None) -> int:
         stages = stage_status()
         log(f"chain stages: {stages}")
         raw = run_rounds(targets, args, run.tick_interval)
+        if args.latency:
+            write_latency(args, targets, raw, run, stages, load_at_start, started)
+            ok = True
+            return 0
         memory = measure_memory(targets, streams, args.streams, hard_fds)
 
         profile: dict[str, Any] = {}
@@ -397,11 +519,15 @@ def main(argv: list[str] | None = None) -> int:
         summary = summarize(raw)
         ratios = per_round_ratios(raw)
         checks = check_issue_targets(ratios, summary, memory)
+        tail_checks = check_issue22_targets(ratios, summary)
         cpus = os.cpu_count() or 1
         budget = summarize_budget(raw)
         bounds = budget_bounds(budget, summary, cpus)
         labels = {n: t.label for n, t in targets.items()}
         print(render_table(labels, summary, ratios, memory, checks, run.unavailable))
+        print(render_tail(labels, summary, tail_checks))
+        holds = holds_by_holder(raw)
+        print(render_holds(labels, holds))
         load_now = [round(x, 2) for x in os.getloadavg()]
         print(f"\nload average at start {load_at_start}, at end {load_now} (nproc {os.cpu_count()})")
         print(f"\nchain stages: {stages}")
@@ -427,6 +553,8 @@ def main(argv: list[str] | None = None) -> int:
             "cpu_budget_bounds": bounds,
             "gc": gc_stats,
             "issue_targets": checks,
+            "issue22_targets": tail_checks,
+            "loop_holds_ms": holds,
             "profile": profile,
             "rounds": raw,
             "elapsed_s": round(time.monotonic() - started, 1),

@@ -135,6 +135,9 @@ def measure_gc(workdir: Path, upstream_port: int, duration: float, warmup: float
             g: {k: after["generations"][g][k] - before["generations"][g][k] for k in ("collections", "seconds")}
             for g in after["generations"]
         }
+        for g, v in gens.items():
+            # the longest single collection in the window: how long the GC held the event loop at once
+            v["max_pause_ms"] = after["generations"][g].get("max_pause_seconds", math.nan) * 1000
         gc_s = sum(v["seconds"] for v in gens.values())
         cpu_s = after["cpu_seconds"] - before["cpu_seconds"]
         requests = int(res["requests"]) + 2  # + initialize and notifications/initialized

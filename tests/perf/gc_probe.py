@@ -21,9 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-# generation -> [collections, CPU seconds of the collecting thread, objects collected]; thread CPU time, not wall
-# time, so a busy shared machine preempting the process does not inflate the figure
-_ACC: dict[int, list[float]] = {0: [0, 0.0, 0], 1: [0, 0.0, 0], 2: [0, 0.0, 0]}
+# generation -> [collections, CPU seconds of the collecting thread, objects collected, longest single collection
+# since the previous snapshot]; thread CPU time, not wall time, so a busy shared machine preempting the process does
+# not inflate the figure. The longest collection is how long the GC held the event loop at once (issue 22)
+_ACC: dict[int, list[float]] = {0: [0, 0.0, 0, 0.0], 1: [0, 0.0, 0, 0.0], 2: [0, 0.0, 0, 0.0]}
 _STARTED: list[float] = [0.0]
 
 
@@ -32,14 +33,19 @@ def _callback(phase: str, info: dict[str, Any]) -> None:
         _STARTED[0] = time.thread_time()
         return
     acc = _ACC[int(info["generation"])]
+    took = time.thread_time() - _STARTED[0]
     acc[0] += 1
-    acc[1] += time.thread_time() - _STARTED[0]
+    acc[1] += took
     acc[2] += int(info["collected"])
+    acc[3] = max(acc[3], took)
 
 
 def _stats() -> dict[str, Any]:
     return {
-        "generations": {str(g): {"collections": v[0], "seconds": v[1], "collected": v[2]} for g, v in _ACC.items()},
+        "generations": {
+            str(g): {"collections": v[0], "seconds": v[1], "collected": v[2], "max_pause_seconds": v[3]}
+            for g, v in _ACC.items()
+        },
         "cpu_seconds": time.process_time(),
         "live_objects": len(gc.get_objects()),
         "thresholds": list(gc.get_threshold()),
@@ -62,6 +68,8 @@ def main() -> int:
     def _snapshot(signum: int, frame: object) -> None:
         snapshots[0] += 1
         _dump(out.with_name(f"{out.name}.{snapshots[0]}"))
+        for acc in _ACC.values():
+            acc[3] = 0.0  # the next snapshot's longest collection is the one since this one
 
     signal.signal(signal.SIGUSR1, _snapshot)
     from gateway.cli import main as gateway_main

@@ -6,14 +6,17 @@ import contextlib
 import os
 import resource
 import select
+import signal
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.harness import PYTHON, ROOT
 from tests.perf.stats import (
@@ -137,8 +140,64 @@ def _children_cpu_s() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
+LOOP_LAG_FIGURES = {
+    "mcp_gateway_event_loop_lag_max_seconds": "loop_lag_max_ms",
+    "mcp_gateway_event_loop_stall_max_seconds": "loop_stall_max_ms",
+}
+
+
+def read_loop_lag(url: str) -> dict[str, float] | None:
+    """The longest loop lag and stall since the previous read (the read resets them) and the probe's sample count;
+    None when the target does not answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as resp:
+            return parse_loop_lag(resp.read().decode())
+    except OSError:
+        return None
+
+
+def parse_loop_lag(text: str) -> dict[str, Any]:
+    """`loop_lag_max_ms`, `loop_stall_max_ms` and `loop_lag_samples` from Prometheus text (what is there), and the
+    gateway's loop holds (gateway/loophold.py): `loop_hold_max_ms`, the longest single hold by a background task or
+    a GC collection, with its `loop_hold_holder`, and `loop_holds_ms` {holder: longest hold}."""
+    out: dict[str, Any] = {}
+    holds: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            key = LOOP_LAG_FIGURES.get(sample.name)
+            if key is not None:
+                out[key] = max(out.get(key, 0.0), sample.value * 1e3)  # with workers: one sample per process
+            elif sample.name == "mcp_gateway_event_loop_hold_max_seconds":
+                holder = sample.labels.get("holder", "")
+                holds[holder] = max(holds.get(holder, 0.0), round(sample.value * 1e3, 3))
+            elif sample.name == "mcp_gateway_event_loop_lag_seconds_count":
+                out["loop_lag_samples"] = out.get("loop_lag_samples", 0.0) + sample.value
+    if holds:
+        holder = max(holds, key=holds.__getitem__)
+        out["loop_hold_max_ms"] = holds[holder]
+        out["loop_hold_holder"] = holder
+        out["loop_holds_ms"] = holds
+    return out
+
+
+# the JSON scenario's load generator (a mode of tests/perf/loadgen.py): `json-wrk` (wrk, C) or `json` (Python,
+# aiohttp); tests/perf/bench.py sets it from --loadgen
+JSON_LOADGEN = {"mode": "json"}
+
+
+def use_loadgen(name: str) -> None:
+    JSON_LOADGEN["mode"] = "json-wrk" if name == "wrk" else "json"
+
+
 def measure_json(
-    t: Target, conns: int, duration: float, warmup: float, *, cpu_budget: bool = False, upstream_pid: int | None = None
+    t: Target,
+    conns: int,
+    duration: float,
+    warmup: float,
+    *,
+    cpu_budget: bool = False,
+    upstream_pid: int | None = None,
+    reload: bool = False,
 ) -> dict[str, Any]:
     """Throughput and latency, plus the target's own CPU time per request (a figure a busy machine barely moves:
     it is what the target costs, not how much CPU it managed to get).
@@ -146,8 +205,13 @@ def measure_json(
     With `cpu_budget`, also the CPU per request of every process on the machine (`cpu_budget_us_per_request`):
     the target, the load generator, the upstream (`upstream_pid`; None for the upstream itself), the redis-server
     and PostgreSQL processes, the machine's total and the rest (`other`: the bench itself, idle targets, the
-    system). The load generator counts from its first request; the machine total leaves out its start and exit."""
-    args = ["json", t.json_url, "--conns", str(conns), "--duration", str(duration), "--warmup", str(warmup)]
+    system). The load generator counts from its first request; the machine total leaves out its start and exit.
+
+    A target with a loop-lag probe (`lag_url`) also reports the longest event-loop lag and stall during the run
+    (`loop_lag_max_ms`, `loop_stall_max_ms`: read before the run, which resets them, and after). With `reload`, a
+    gateway gets SIGHUP in the middle of the measured window: a policy reload is part of what the run holds."""
+    mode = JSON_LOADGEN["mode"]
+    args = [mode, t.json_url, "--conns", str(conns), "--duration", str(duration), "--warmup", str(warmup)]
     # the target's process group: a gateway's supervisor and workers, or the single process
     pids = process_group(t.pid) if t.pid is not None else []
     upstream = [upstream_pid] if upstream_pid is not None and upstream_pid not in pids else []
@@ -155,8 +219,32 @@ def measure_json(
     children_before = _children_cpu_s()
     up_before = cpu_seconds(upstream)
     before = cpu_seconds(pids)
-    with sampler or contextlib.nullcontext():
-        res = run_loadgen(args + header_args(t), timeout=duration + warmup + 60)
+    lag_before = read_loop_lag(t.lag_url) if t.lag_url else None
+    hup: threading.Timer | None = None
+    reloaded = threading.Event()
+    if reload and t.gateway is not None and t.pid is not None:
+        pid = t.pid
+
+        def send_hup() -> None:
+            os.kill(pid, signal.SIGHUP)
+            reloaded.set()
+
+        # the load generator starts within a fraction of a second; the reload then falls in the measured window
+        hup = threading.Timer(0.3 + warmup + duration / 2, send_hup)
+        hup.start()
+    try:
+        with sampler or contextlib.nullcontext():
+            res = run_loadgen(args + header_args(t), timeout=duration + warmup + 60)
+    finally:
+        if hup is not None:
+            hup.cancel()
+    if lag_before is not None and t.lag_url:
+        lag = read_loop_lag(t.lag_url)
+        if lag is not None:
+            res.update(lag)
+            res["loop_lag_samples"] = lag.get("loop_lag_samples", 0.0) - lag_before.get("loop_lag_samples", 0.0)
+    if hup is not None:
+        res["policy_reloads"] = 1 if reloaded.is_set() else 0
     used = cpu_seconds(pids) - before
     up_used = cpu_seconds(upstream) - up_before
     loadgen_process_s = _children_cpu_s() - children_before

@@ -9,6 +9,18 @@ from tests.perf.stats import fmt, median, ratio, throughput_bounds
 
 Raw = dict[str, dict[str, list[dict[str, Any]]]]  # scenario -> target -> one result per round
 
+# figures of a JSON measurement, medians across rounds (the loop figures: each run's longest lag, stall and hold)
+JSON_KEYS = (
+    "rps",
+    "p50_ms",
+    "p99_ms",
+    "p999_ms",
+    "cpu_us_per_request",
+    "loop_lag_max_ms",
+    "loop_stall_max_ms",
+    "loop_hold_max_ms",
+)
+
 GATEWAYS = ("gw_embedded", "gw_redis_pg", "gw_workers2", "gw_gc_tuned")
 # (what is measured, the target, the same target without it): cost ratios at 32 connections
 COSTS = (
@@ -16,8 +28,13 @@ COSTS = (
     ("limiter", "gw_redis_pg", "gw_redis_pg_nolimit"),
     ("audit", "gw_embedded", "gw_embedded_noaudit"),
     ("audit", "gw_redis_pg", "gw_redis_pg_noaudit"),
+    # the audit journal's pre-record per answer (issue 15 item 4), the rest of the audit trail left as it is
+    ("audit journal", "gw_embedded", "gw_embedded_nojournal"),
     # the lean httptools server for POST /mcp/{server} (http.fast_path, default on) against aiohttp's for everything
     ("lean HTTP server", "gw_embedded", "gw_embedded_nofast"),
+    # OpenTelemetry tracing (gateway/tracing/): a span per request, stage and upstream attempt, exported in batches
+    ("tracing, every request sampled", "gw_embedded_trace1", "gw_embedded"),
+    ("tracing, no request sampled", "gw_embedded_trace0", "gw_embedded"),
 )
 
 
@@ -28,10 +45,18 @@ def summarize(raw: Raw) -> dict[str, dict[str, dict[str, float]]]:
         out[scen] = {}
         for name, rounds in per_target.items():
             ok = [r for r in rounds if "error" not in r]
-            keys = (
-                ("rps", "p50_ms", "p99_ms", "cpu_us_per_request") if scen != "sse" else ("p50_ms", "p99_ms", "max_ms")
-            )
+            keys = JSON_KEYS if scen != "sse" else ("p50_ms", "p99_ms", "max_ms")
             fig = {k: median([float(r[k]) for r in ok if r.get(k) is not None]) for k in keys}
+            if scen != "sse":
+                # the worst run's longest stall, beside the median of the runs' longest stalls
+                stalls = [float(r["loop_stall_max_ms"]) for r in ok if r.get("loop_stall_max_ms") is not None]
+                fig["loop_stall_worst_ms"] = max(stalls) if stalls else math.nan
+                # the longest hold of any run, and which background task (or GC generation) it was
+                held = [(float(r["loop_hold_max_ms"]), r) for r in ok if r.get("loop_hold_max_ms") is not None]
+                worst = max(held, key=lambda h: h[0]) if held else None
+                fig["loop_hold_worst_ms"] = worst[0] if worst else math.nan
+                if worst is not None:
+                    fig["loop_hold_worst_holder"] = worst[1].get("loop_hold_holder", "")  # type: ignore[assignment]
             fig["ok_rounds"] = float(len(ok))
             fig["errors"] = float(sum(int(r.get("errors", 0)) for r in ok))
             out[scen][name] = fig
@@ -76,6 +101,11 @@ def per_round_ratios(raw: Raw) -> dict[str, float]:
         out[f"{gw}_minus_{without}_cpu_us_per_request_json_c32"] = paired(
             "json_c32", gw, without, "cpu_us_per_request", "-"
         )
+    # issue 22: the tail against the bare proxy's, paired per round
+    for gw in GATEWAYS:
+        out[f"{gw}_minus_bare_p99_ms_c1"] = paired("json_c1", gw, "bare", "p99_ms", "-")
+        out[f"{gw}_minus_bare_p999_ms_c1"] = paired("json_c1", gw, "bare", "p999_ms", "-")
+        out[f"{gw}_vs_bare_p99_json_c32"] = paired("json_c32", gw, "bare", "p99_ms", "/")
     out["bare_vs_direct_rps_json_c32"] = paired("json_c32", "bare", "direct", "rps", "/")
     out["bare_added_p50_ms_c1"] = paired("json_c1", "bare", "direct", "p50_ms", "-")
     return out
@@ -131,6 +161,154 @@ def check_issue_targets(
             inclusive=True,
         ),
     }
+
+
+# issue 22 (tail latency): limits, and whether the measured value may equal them
+ISSUE22_TARGETS = {
+    "p99_c1_minus_bare_ms": 1.0,
+    "p999_c1_minus_bare_ms": 3.0,
+    "p99_c32_vs_bare": 1.2,
+    "loop_stall_max_ms": 2.0,
+    # the issue's per-task budget: no background task (or GC collection) holds the loop longer than 1 ms at a time
+    "loop_hold_max_ms": 1.0,
+}
+ISSUE22_GATEWAYS = ("gw_embedded", "gw_redis_pg")
+
+
+def check_issue22_targets(
+    ratios: dict[str, float], summary: dict[str, dict[str, dict[str, float]]]
+) -> dict[str, dict[str, Any]]:
+    """Per gateway: p99 and p99.9 at one connection over the bare proxy's (paired per round, medians), p99 at 32
+    connections as a multiple of the bare proxy's, and the longest loop stall of a run (median of the runs; every
+    gateway run has audit, limits, health checks and a policy reload in progress)."""
+
+    def entry(value: float, goal: float, inclusive: bool) -> dict[str, Any]:
+        met = None if math.isnan(value) else (value <= goal if inclusive else value < goal)
+        return {"value": value, "goal": goal, "met": met}
+
+    g = ISSUE22_TARGETS
+    out: dict[str, dict[str, Any]] = {}
+    for gw in ISSUE22_GATEWAYS:
+        if gw not in summary.get("json_c1", {}) and gw not in summary.get("json_c32", {}):
+            continue
+        nan = math.nan
+        out[f"{gw}_p99_c1_minus_bare_ms"] = entry(
+            ratios.get(f"{gw}_minus_bare_p99_ms_c1", nan), g["p99_c1_minus_bare_ms"], True
+        )
+        out[f"{gw}_p999_c1_minus_bare_ms"] = entry(
+            ratios.get(f"{gw}_minus_bare_p999_ms_c1", nan), g["p999_c1_minus_bare_ms"], True
+        )
+        out[f"{gw}_p99_c32_vs_bare"] = entry(ratios.get(f"{gw}_vs_bare_p99_json_c32", nan), g["p99_c32_vs_bare"], True)
+        for scen, conns in (("json_c1", "c1"), ("json_c32", "c32")):
+            stall = summary.get(scen, {}).get(gw, {}).get("loop_stall_max_ms", nan)
+            out[f"{gw}_loop_stall_max_ms_{conns}"] = entry(stall, g["loop_stall_max_ms"], False)
+            hold = summary.get(scen, {}).get(gw, {}).get("loop_hold_max_ms", nan)
+            out[f"{gw}_loop_hold_max_ms_{conns}"] = entry(hold, g["loop_hold_max_ms"], True)
+    return out
+
+
+def render_tail(
+    labels: dict[str, str], summary: dict[str, dict[str, dict[str, float]]], checks: dict[str, dict[str, Any]]
+) -> str:
+    """Tail latency and event-loop figures of the JSON runs, and the issue 22 verdicts."""
+    lines = [
+        "\n== tail latency and event loop (medians across rounds; lag/stall/hold: each run's longest, stall = lag not "
+        "spent waiting for a CPU, hold = one step of a background task or one GC collection, in CPU time)"
+    ]
+    add = lines.append
+    add(
+        f"{'target':<36}{'conns':>6}{'p50 ms':>9}{'p99 ms':>9}{'p99.9 ms':>10}{'lag ms':>9}{'stall ms':>10}"
+        f"{'worst stall':>13}{'hold ms':>9}  worst hold (holder)"
+    )
+    for scen, conns in (("json_c1", 1), ("json_c32", 32)):
+        for name, fig in summary.get(scen, {}).items():
+            add(
+                f"{short_label(labels.get(name, name)) + ' ' + name:<36}{conns:>6}{fmt(fig['p50_ms'], 3):>9}"
+                f"{fmt(fig['p99_ms'], 3):>9}{fmt(fig.get('p999_ms', math.nan), 3):>10}"
+                f"{fmt(fig.get('loop_lag_max_ms', math.nan), 2):>9}{fmt(fig.get('loop_stall_max_ms', math.nan), 2):>10}"
+                f"{fmt(fig.get('loop_stall_worst_ms', math.nan), 2):>13}"
+                f"{fmt(fig.get('loop_hold_max_ms', math.nan), 2):>9}  {_worst_hold(fig)}"
+            )
+    add("\n== issue 22 targets (tail latency; reported, not asserted)")
+    for key, c in checks.items():
+        verdict = {True: "met", False: "NOT met", None: "not measured"}[c["met"]]
+        add(f"{key:<40} {fmt(c['value'], 3):>10}  goal {c['goal']:<6} {verdict}")
+    return "\n".join(lines)
+
+
+def holds_by_holder(raw: Raw) -> dict[str, dict[str, float]]:
+    """Per gateway: the longest hold of the loop by each background task and GC generation over every JSON run
+    (gateway/loophold.py), in ms; docs/operations.md "Loop budget" lists them."""
+    out: dict[str, dict[str, float]] = {}
+    for scen, per_target in raw.items():
+        if scen == "sse":
+            continue
+        for name, rounds in per_target.items():
+            for r in rounds:
+                for holder, ms in (r.get("loop_holds_ms") or {}).items():
+                    seen = out.setdefault(name, {})
+                    seen[holder] = max(seen.get(holder, 0.0), float(ms))
+    return {n: dict(sorted(h.items(), key=lambda kv: -kv[1])) for n, h in out.items()}
+
+
+def render_holds(labels: dict[str, str], holds: dict[str, dict[str, float]]) -> str:
+    lines = ["\n== longest loop hold per holder over all JSON runs (ms of CPU; background task steps, GC collections)"]
+    for name, per in holds.items():
+        shown = ", ".join(f"{h} {fmt(v, 2)}" for h, v in per.items())
+        lines.append(f"{short_label(labels.get(name, name)) + ' ' + name:<24} {shown}")
+    return "\n".join(lines)
+
+
+def _worst_hold(fig: dict[str, Any]) -> str:
+    worst = fig.get("loop_hold_worst_ms", math.nan)
+    if not isinstance(worst, float) or math.isnan(worst):
+        return "-"
+    return f"{fmt(worst, 2)} {fig.get('loop_hold_worst_holder', '')}".strip()
+
+
+def render_latency_markdown(result: dict[str, Any]) -> str:
+    """A `--latency` run as Markdown: the machine line, the tail table and the issue 22 verdicts."""
+    m = result["machine"]
+    labels = dict(sorted(((n, t["label"]) for n, t in result["targets"].items()), key=lambda kv: kv[1]))
+    head = (
+        f"Latency run of {m['date']} (commit {m['git_commit']}): {m['nproc']} CPUs ({m['cpu']}), Python "
+        f"{m['python']}, {m['rounds']} rounds x {m['duration_s']} s, load generator {m.get('loadgen', 'python')}, "
+        f"load average at start {m['loadavg_at_start'][0]}."
+    )
+    return "\n".join([head, *markdown_tail(result, labels)]) + "\n"
+
+
+def markdown_tail(result: dict[str, Any], labels: dict[str, str]) -> list[str]:
+    med = result["medians"]
+    out = [
+        "",
+        "| target | conns | p50 ms | p99 ms | p99.9 ms | longest loop lag ms | longest loop stall ms (worst run) "
+        "| longest background hold ms (worst run, holder) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for scen, conns in (("json_c1", 1), ("json_c32", 32)):
+        for name, label in labels.items():
+            fig = med.get(scen, {}).get(name)
+            if fig is None:
+                continue
+            stall = fmt(fig.get("loop_stall_max_ms", math.nan), 2)
+            worst = fmt(fig.get("loop_stall_worst_ms", math.nan), 2)
+            out.append(
+                f"| {label} | {conns} | {fmt(fig['p50_ms'], 3)} | {fmt(fig['p99_ms'], 3)} "
+                f"| {fmt(fig.get('p999_ms', math.nan), 3)} | {fmt(fig.get('loop_lag_max_ms', math.nan), 2)} "
+                f"| {stall} ({worst}) | {fmt(fig.get('loop_hold_max_ms', math.nan), 2)} ({_worst_hold(fig)}) |"
+            )
+    holds = result.get("loop_holds_ms") or {}
+    if holds:
+        out += ["", "| longest loop hold per holder (ms of CPU, all runs) | holders |", "|---|---|"]
+        for name, per in holds.items():
+            shown = ", ".join(f"{h} {fmt(v, 2)}" for h, v in per.items())
+            out.append(f"| {labels.get(name, name)} | {shown} |")
+    out += ["", "| issue 22 target | goal | measured | met |", "|---|---|---|---|"]
+    for key, c in result.get("issue22_targets", {}).items():
+        verdict = {True: "yes", False: "**no**", None: "not measured"}[c["met"]]
+        out.append(f"| {key} | {c['goal']} | {fmt(c['value'], 3)} | {verdict} |")
+    return out
 
 
 def render_table(
@@ -247,8 +425,8 @@ def render_markdown(result: dict[str, Any]) -> str:
 
     out = [
         f"Run of {m['date']} (commit {m['git_commit']}): {m['nproc']} CPUs ({m['cpu']}), Python {m['python']}, "
-        f"aiohttp {m['aiohttp']}, {m['rounds']} rounds x {m['duration_s']} s, load average at start "
-        f"{m['loadavg_at_start'][0]}.",
+        f"aiohttp {m['aiohttp']}, {m['rounds']} rounds x {m['duration_s']} s, load generator "
+        f"{m.get('loadgen', 'python')}, load average at start {m['loadavg_at_start'][0]}.",
         "",
         "| target | c1 req/s | c1 p50 ms | c1 p99 ms | c32 req/s | c32 p50 ms | c32 p99 ms | c32 CPU us/req "
         "| SSE p50 ms | SSE p99 ms |",
@@ -289,6 +467,7 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"{mem['rss_before_kib'] / 1024:.0f} -> {mem['rss_after_kib'] / 1024:.0f} MiB, "
             f"{mem['kib_per_stream']:.1f} KiB per stream, {mem['projected_10k_mib']:.0f} MiB projected for 10,000.",
         ]
+    out += markdown_tail(result, labels)
     out += _markdown_costs(result, labels)
     out += markdown_budget(result, labels)
     out += ["", "| issue 9 target | goal | measured | met |", "|---|---|---|---|"]
@@ -301,6 +480,15 @@ def render_markdown(result: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------ limiter and audit cost (issues 5 and 7)
 
 COST_LABELS = {"gw_embedded": "(c)", "gw_redis_pg": "(d)"}
+
+
+def _ran(row: dict[str, Any], labels: dict[str, str]) -> bool:
+    # a variant may be either side (the tracing targets are the "with" side): both must have run
+    return row["without"] in labels and row["target"] in labels
+
+
+def _with_label(row: dict[str, Any], labels: dict[str, str]) -> str:
+    return COST_LABELS.get(row["target"]) or short_label(labels[row["target"]])
 
 
 def _redis_per_request(rc: dict[str, Any]) -> str:
@@ -352,14 +540,14 @@ def render_costs(
     audit_rate: dict[str, Any],
 ) -> str:
     lines = [
-        "\n== cost of the rate limiter, of audit and what the lean HTTP server saves, 32 connections "
+        "\n== cost of the rate limiter, of audit and of tracing, and what the lean HTTP server saves, 32 connections "
         "(x = with / without, paired per round)"
     ]
     add = lines.append
     for row in cost_rows(ratios):
-        if row["without"] not in labels:
+        if not _ran(row, labels):
             continue
-        name = f"{row['what']}, {COST_LABELS[row['target']]}/{short_label(labels[row['without']])}"
+        name = f"{row['what']}, {_with_label(row, labels)}/{short_label(labels[row['without']])}"
         add(
             f"{name:<30} throughput {fmt(row['rps_ratio'])}x  CPU per request {fmt(row['cpu_ratio'])}x "
             f"({fmt(row['cpu_us_delta'], 0)} us/req, {_pct(row['cpu_share'])} of the target's CPU)"
@@ -372,7 +560,7 @@ def render_costs(
 
 
 def _markdown_costs(result: dict[str, Any], labels: dict[str, str]) -> list[str]:
-    rows = [row for row in cost_rows(result["ratios"]) if row["without"] in labels]
+    rows = [row for row in cost_rows(result["ratios"]) if _ran(row, labels)]
     out: list[str] = []
     if rows:
         out += [
@@ -384,7 +572,7 @@ def _markdown_costs(result: dict[str, Any], labels: dict[str, str]) -> list[str]
         for row in rows:
             without = short_label(labels[row["without"]])
             out.append(
-                f"| {row['what']} | {COST_LABELS[row['target']]} / {without} | {fmt(row['rps_ratio'])} "
+                f"| {row['what']} | {_with_label(row, labels)} / {without} | {fmt(row['rps_ratio'])} "
                 f"| {fmt(row['cpu_ratio'])} | {fmt(row['cpu_us_delta'], 0)} | {_pct(row['cpu_share'])} |"
             )
     audit = result.get("audit_throughput", {})

@@ -31,6 +31,11 @@ _HIGH = {"rate": 1_000_000_000, "per": "second"}
 # tenant_default tier, DDoS protection off; with the key's own `rate_limit` left out, the ratelimit stage finds
 # nothing to decide and returns before the store (no GCRA, no Redis round trip) and the client guard has no rate
 NO_LIMITS: dict[str, Any] = {"tiers": {}, "ddos": {"enabled": False}}
+# every target with an event loop runs the loop-lag probe this often (the gateway's default is 25 ms): finer
+# sampling catches shorter stalls, at ~0.1% of a core
+LOOP_LAG_PROBE_SECONDS = 0.005
+# health checks of the bench's servers: often enough that several run during every measurement
+HEALTH_INTERVAL_SECONDS = 1.0
 # the least audit the gateway allows: `sink: log` (no file, no PostgreSQL) and no per-record structured log line.
 # What remains per request: observe() capturing the request into the queue, and in the writer task the record
 # built, sanitized and sealed into the hash chain, then discarded
@@ -49,6 +54,8 @@ class Target:
     pid: int | None = None  # the process whose RSS is measured / profiled
     gateway: Gateway | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    # Prometheus text with the event-loop lag figures (mcp_gateway_event_loop_*), reset by each read
+    lag_url: str | None = None
 
 
 def start_fast_upstream(workdir: Path, tick_interval: float, tick_count: int) -> tuple[Proc, int]:
@@ -70,8 +77,18 @@ def start_bare_proxy(workdir: Path, upstream_port: int) -> tuple[Proc, int]:
         str(port),
         "--upstream",
         f"http://127.0.0.1:{upstream_port}",
+        "--loop-lag-probe",
+        str(LOOP_LAG_PROBE_SECONDS),
     ]
     proc = Proc(argv, workdir / "bare-proxy.log").start()
+    wait_port(port, proc=proc.popen, log=proc.log)
+    return proc, port
+
+
+def start_otlp_sink(workdir: Path) -> tuple[Proc, int]:
+    """The tracing targets' collector: an OTLP/HTTP receiver that answers and counts (tests/otlp_receiver.py)."""
+    port = free_port()
+    proc = Proc([PYTHON, "-m", "tests.otlp_receiver", "--port", str(port)], workdir / "otlp-sink.log").start()
     wait_port(port, proc=proc.popen, log=proc.log)
     return proc, port
 
@@ -81,6 +98,7 @@ def bench_policies(upstream_port: int, max_connections: int, limits: bool = True
     server_common: dict[str, Any] = {
         "owner": "bench",
         "breaker": {"enabled": True},
+        "health": {"interval": HEALTH_INTERVAL_SECONDS},
         # idle streams each hold one upstream connection
         "pool": {"max_connections": max_connections},
     }
@@ -170,11 +188,15 @@ def start_bench_gateway(
     key: dict[str, Any] = {"tenant": "bench", "scopes": ["read", "write"]}
     if limits:
         key["rate_limit"] = _HIGH
+    # every load generator connection comes from 127.0.0.1 (thousands of idle streams in the memory scenario): no
+    # per-peer connection cap
+    cfg = dict(config or {})
+    cfg["http"] = {"max_connections_per_ip": 0, **cfg.get("http", {})}
     return start_gateway(
         workdir / name,
         bench_policies(upstream_port, max_connections, limits),
         keys={"bench": key},
-        config=config,
+        config={"loop_lag_probe_seconds": LOOP_LAG_PROBE_SECONDS, **cfg},
     )
 
 
@@ -187,6 +209,7 @@ def gateway_target(name: str, label: str, gw: Gateway) -> Target:
         headers=gw.auth("bench"),
         pid=gw.proc.pid,
         gateway=gw,
+        lag_url=f"{gw.base}/metrics",
     )
 
 

@@ -73,6 +73,19 @@ def test_cost_figures_render_from_json_nulls_and_missing_diagnostics() -> None:
     assert "not measured (no redis-server)" in text and "not measured (down)" in text
 
 
+def test_tracing_cost_rows_name_the_traced_target_first() -> None:
+    labels = {
+        "gw_embedded": "(c) gateway",
+        "gw_embedded_trace1": "(c-trace1) (c), tracing on, sampler ratio 1.0",
+    }
+    ratios = {"gw_embedded_trace1_vs_gw_embedded_rps_json_c32": 0.8}
+    md = "\n".join(_markdown_costs({"ratios": ratios}, labels))
+    assert "| tracing, every request sampled | (c-trace1) / (c) | 0.80 |" in md
+    assert "no request sampled" not in md  # (c-trace0) did not run: no row
+    text = render_costs(labels, ratios, {}, {}, {})
+    assert "tracing, every request sampled, (c-trace1)/(c)" in text and "throughput 0.80x" in text
+
+
 def test_no_limits_policy_leaves_no_tier_and_no_ip_protection() -> None:
     limits = LimitsFile.model_validate(bench_policies(1, 10, limits=False)["limits.yaml"])
     assert limits.tiers == {}  # the default role tiers are replaced, not kept

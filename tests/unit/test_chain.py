@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 import structlog
-from aiohttp import web
 
 from gateway import chain as chain_module
-from gateway.app import build_app
-from gateway.chain import CONNECT_STAGES, MESSAGE_STAGES, STAGES, Chain, Filter, build_chain
+from gateway.chain import CONNECT_STAGES, MESSAGE_STAGES, STAGES, Chain, Filter
+from gateway.compose import Gateway, build_chain, build_gateway
 from gateway.context import RequestContext
-from gateway.errors import Forbidden, GatewayError, ParseError, RateLimited
+from gateway.errors import Forbidden, GatewayError, ParseError, RateLimited, Unauthenticated
 from gateway.filters import authz
 from gateway.policy.model import PolicySet
 from gateway.policy.snapshot import Snapshot
@@ -79,7 +78,10 @@ def make_chain(refuse_at: str | None = None, err: GatewayError | None = None) ->
 
 def test_stage_order_is_the_design_order() -> None:
     assert STAGES == ("client_guard", "authn", "authz", "ratelimit", "breaker")
-    assert CONNECT_STAGES + MESSAGE_STAGES == STAGES
+    # a WebSocket upgrade runs authz too (may the tenant reach the server, before the upstream socket is opened);
+    # every message runs it again, with the stages after it
+    assert CONNECT_STAGES == ("client_guard", "authn", "authz")
+    assert MESSAGE_STAGES == ("authz", "ratelimit", "breaker")
 
 
 async def test_all_stages_run_in_order_then_forward() -> None:
@@ -124,6 +126,35 @@ async def test_prepare_runs_after_client_guard_and_before_authn() -> None:
 
     await chain.run(context(chain.snapshot), forward, prepare=prepare)
     assert journal.events[: len(STAGES) + 2] == ["client_guard", "prepare", *STAGES[1:], "forward"]
+
+
+async def test_prepare_runs_after_authn_when_asked() -> None:
+    """Issue #14: a caller is authenticated from its head before a large body is waited for."""
+    chain, journal, _ = make_chain()
+
+    async def prepare(ctx: RequestContext) -> None:
+        journal.events.append("prepare")
+
+    async def forward(ctx: RequestContext) -> None:
+        journal.events.append("forward")
+
+    await chain.run(context(chain.snapshot), forward, prepare=prepare, authn_first=True)
+    assert journal.events[: len(STAGES) + 2] == ["client_guard", "authn", "prepare", *STAGES[2:], "forward"]
+
+
+async def test_authn_refusal_comes_before_the_body_when_asked() -> None:
+    chain, journal, rec = make_chain("authn", Unauthenticated("no", reason="missing_credentials"))
+
+    async def prepare(ctx: RequestContext) -> None:
+        journal.events.append("prepare")
+
+    async def forward(ctx: RequestContext) -> None:
+        journal.events.append("forward")
+
+    with pytest.raises(Unauthenticated):
+        await chain.run(context(chain.snapshot), forward, prepare=prepare, authn_first=True)
+    assert "prepare" not in journal.events
+    assert rec.seen == [("authn", "missing_credentials", 401)]
 
 
 async def test_guard_refusal_happens_before_any_parsing() -> None:
@@ -238,12 +269,12 @@ async def test_request_id_is_bound_into_log_context() -> None:
     assert seen["request_id"] == "rid"
 
 
-def real_app() -> web.Application:
-    return build_app(Settings(policies_dir=str(Path(__file__).parent)))
+def real_gateway() -> Gateway:
+    return build_gateway(Settings(policies_dir=str(Path(__file__).parent)))
 
 
 def test_build_chain_uses_the_fixed_order() -> None:
-    chain = build_chain(snapshot(), real_app())
+    chain = build_chain(snapshot(), real_gateway())
     assert tuple(f.stage for f in chain.filters) == STAGES
 
 
@@ -254,7 +285,7 @@ def test_build_chain_refuses_a_misplaced_stage(monkeypatch: pytest.MonkeyPatch) 
         async def __call__(self, ctx: RequestContext) -> None:
             return None
 
-    monkeypatch.setattr(authz, "build", lambda snap, app: Impostor())
+    monkeypatch.setattr(authz, "build", lambda snap, state: Impostor())
     with pytest.raises(RuntimeError, match="chain order broken: ratelimit where authz belongs"):
-        build_chain(snapshot(), real_app())
+        build_chain(snapshot(), real_gateway())
     assert chain_module.STAGES[2] == "authz"

@@ -94,3 +94,14 @@ def test_in_flight_counts_at_scrape_time() -> None:
     assert samples(m)["mcp_gateway_in_flight_requests"] == 1
     m.request_finished()
     assert samples(m)["mcp_gateway_in_flight_requests"] == 0
+
+
+async def test_paced_render_is_the_same_text_as_render(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway import pacing
+
+    monkeypatch.setattr(pacing, "SLICE_SECONDS", 0.0)  # a loop iteration after every metric family
+    m = GatewayMetrics(CollectorRegistry(), worker=0)
+    for i in range(60):
+        m.observe(ctx(i))
+    created = re.compile(r"^\S+_created(\{[^}]*\})? .*$", re.M)  # creation times differ between two collections
+    assert created.sub("", (await m.render_paced()).decode()) == created.sub("", m.render().decode())

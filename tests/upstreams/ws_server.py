@@ -1,6 +1,7 @@
 """SDK WebSocket upstream: the example server's tools over `mcp.server.websocket.websocket_server` at `/ws`, plus
 `/raw`, a bare socket for close-code tests (a notification `test/close` with `params.code` makes it close with that
-code; GET `/closes` lists the close codes clients sent it).
+code; GET `/closes` lists the close codes clients sent it; GET `/stats` counts the WebSocket connections that reached
+this process on any route).
 
     python -m tests.upstreams.ws_server --port N
 """
@@ -30,12 +31,15 @@ def build(port: int) -> Starlette:
     fast = build_server("127.0.0.1", port)
     lowlevel = fast._mcp_server
     closes: list[dict[str, Any]] = []
+    stats = {"connections": 0}
 
     async def mcp_ws(websocket: WebSocket) -> None:
+        stats["connections"] += 1
         async with websocket_server(websocket.scope, websocket.receive, websocket.send) as (read, write):
             await lowlevel.run(read, write, lowlevel.create_initialization_options())
 
     async def raw_ws(websocket: WebSocket) -> None:
+        stats["connections"] += 1
         await websocket.accept(subprotocol="mcp" if "mcp" in websocket.scope.get("subprotocols", []) else None)
         closes.append({"event": "open", "authorization": websocket.headers.get("authorization")})
         try:
@@ -52,8 +56,16 @@ def build(port: int) -> Starlette:
     async def list_closes(request: Request) -> JSONResponse:
         return JSONResponse(closes)
 
+    async def show_stats(request: Request) -> JSONResponse:
+        return JSONResponse(stats)
+
     return Starlette(
-        routes=[WebSocketRoute("/ws", mcp_ws), WebSocketRoute("/raw", raw_ws), Route("/closes", list_closes)]
+        routes=[
+            WebSocketRoute("/ws", mcp_ws),
+            WebSocketRoute("/raw", raw_ws),
+            Route("/closes", list_closes),
+            Route("/stats", show_stats),
+        ]
     )
 
 

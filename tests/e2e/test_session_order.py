@@ -1,0 +1,138 @@
+"""Server-to-client requests on the standalone GET stream arrive through the gateway every time (issue 16, item 1).
+
+The official SDK client opens a session's GET stream right after `notifications/initialized` and sends the next
+`tools/call` POST a moment later. The upstream (tests/upstreams/get_stream_requests.py, official SDK) asks its
+sampling or elicitation question on the GET stream, and an SDK server loses a question asked before that stream is
+open. Directly, the GET the client sent first is also first at the server; through a proxy that delivers the GET
+later than the POST, the call waits forever. Each iteration is a fresh session; every one must complete. A call that
+has not completed within CALL_TIMEOUT is counted as lost (its question was asked while no GET stream was open); the
+bound only guards against a hang, the assertion is on the count.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from mcp import ClientSession, types
+from mcp.client.streamable_http import streamable_http_client
+
+from tests.harness import Gateway, Upstream, default_policies, running, start_gateway, start_upstream
+
+pytestmark = pytest.mark.e2e
+
+KEY = "k1"
+ITERATIONS = 30
+# a call whose question went to no stream never completes; one that completes does so in milliseconds
+CALL_TIMEOUT = 10.0
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
+    up = start_upstream(tmp_path_factory.mktemp("order-up"), module="tests.upstreams.get_stream_requests")
+    with running(up):
+        yield up
+
+
+def _gateway(workdir: Path, upstream: Upstream, redis: str | None = None) -> Gateway:
+    config: dict[str, Any] = {}
+    if redis is not None:
+        config["redis"] = {"url": redis, "key_prefix": f"mgw-order-{workdir.name}:"}
+    return start_gateway(
+        workdir,
+        default_policies(upstream.url),
+        keys={KEY: {"tenant": "acme", "scopes": ["read", "write"]}},
+        config=config,
+    )
+
+
+class TypeScriptTiming(httpx.AsyncBaseTransport):
+    """The conformance client's timing on the Python SDK client: the TypeScript SDK opens its GET stream once the
+    `notifications/initialized` POST is answered, so its GET and the next `tools/call` POST leave within a
+    millisecond of each other, GET first. The Python SDK starts its GET before that notification's POST, which hides
+    a proxy's reordering; here a session's GET is held until the first `tools/call` POST, sent first, and the POST
+    follows on the next turn of the client's event loop."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self._get_gate: asyncio.Event | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            gate = self._get_gate = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CALL_TIMEOUT):
+                    await gate.wait()
+        elif request.method == "POST" and self._get_gate is not None and b'"tools/call"' in request.content:
+            self._get_gate.set()
+            self._get_gate = None
+            await asyncio.sleep(0)  # the GET goes out first, the POST right behind it
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+@contextlib.asynccontextmanager
+async def session(url: str, headers: dict[str, str]) -> AsyncIterator[ClientSession]:
+    async def sampling(ctx: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text="sampled"), model="test"
+        )
+
+    async def elicit(ctx: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        return types.ElicitResult(action="accept", content={"confirmed": True})
+
+    async with (
+        httpx.AsyncClient(headers=headers, timeout=30, transport=TypeScriptTiming()) as http,
+        streamable_http_client(url, http_client=http) as (read, write, _),
+        ClientSession(read, write, sampling_callback=sampling, elicitation_callback=elicit) as s,
+    ):
+        await s.initialize()
+        yield s
+
+
+async def completed_calls(url: str, headers: dict[str, str], iterations: int) -> list[str]:
+    """Run `iterations` fresh sessions, each making one call whose question arrives on the GET stream; the
+    outcome of each ('ok' or 'lost')."""
+    outcomes: list[str] = []
+    for i in range(iterations):
+        async with session(url, headers) as s:
+            tool, args = ("sample", {"prompt": "hi"}) if i % 2 == 0 else ("confirm", {"action": "deploy"})
+            try:
+                async with asyncio.timeout(CALL_TIMEOUT):
+                    result = await s.call_tool(tool, args)
+            except TimeoutError:
+                outcomes.append("lost")
+                continue
+            text = result.content[0].text if isinstance(result.content[0], types.TextContent) else ""
+            assert text in ("sampled", "deploy: accept True"), result
+            outcomes.append("ok")
+    return outcomes
+
+
+async def test_direct_baseline(upstream: Upstream) -> None:
+    """Directly, the client's order reaches the server: the control that makes the gateway tests meaningful."""
+    outcomes = await completed_calls(upstream.url, {}, 10)
+    assert outcomes.count("lost") == 0, outcomes
+
+
+async def test_get_stream_requests_all_arrive_through_the_gateway(tmp_path: Path, upstream: Upstream) -> None:
+    gw = _gateway(tmp_path, upstream)
+    with running(gw):
+        outcomes = await completed_calls(gw.url(), gw.auth(KEY), ITERATIONS)
+    assert outcomes.count("lost") == 0, outcomes
+
+
+async def test_get_stream_requests_all_arrive_with_redis_sessions(
+    tmp_path: Path, upstream: Upstream, redis_url: str
+) -> None:
+    gw = _gateway(tmp_path, upstream, redis=redis_url)
+    with running(gw):
+        outcomes = await completed_calls(gw.url(), gw.auth(KEY), ITERATIONS)
+    assert outcomes.count("lost") == 0, outcomes
