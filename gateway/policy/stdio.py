@@ -59,6 +59,9 @@ class StdioPolicy(Model):
     max_restart_backoff_seconds: PositiveFloat = 30.0
     # a longer line on stdout is a protocol error (the process is stopped); stderr lines are cut to max_log_line
     max_message_bytes: PositiveInt = 16 * 1024 * 1024
+    # messages waiting for one client that reads slower than the server writes (one POST's answer stream, one GET
+    # stream, or what is held until a GET stream opens); past it that client is cut off, not the gateway's memory
+    max_queued_bytes: PositiveInt = 32 * 1024 * 1024
     max_log_line: PositiveInt = Field(2048, le=65536)
     # stderr lines per second per process written to the gateway log (a burst of 5x); the rest are counted
     log_lines_per_second: PositiveFloat = 20.0
@@ -121,4 +124,6 @@ class StdioPolicy(Model):
             raise ValueError("max_processes_per_tenant must not exceed max_processes")
         if self.restart_backoff_seconds > self.max_restart_backoff_seconds:
             raise ValueError("restart_backoff_seconds must not exceed max_restart_backoff_seconds")
+        if self.max_queued_bytes < self.max_message_bytes:
+            raise ValueError("max_queued_bytes must be at least max_message_bytes (one message must fit)")
         return self

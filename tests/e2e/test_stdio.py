@@ -3,9 +3,9 @@ stdio server built with the same SDK (tests/upstreams/stdio_server.py).
 
 Covers: initialize, tools/list, tools/call with progress, elicitation (a server-to-client request on the POST's
 stream), a refusal, session end (the process goes); a crash mid-call (clear JSON-RPC error, then a new session
-works); a client gone mid-stream (the process is told to cancel); 200 sessions opened and closed with no process
-left; the process caps (429, audited); the idle timeout; a shared process (one pid, ids remapped); 2026-07-28
-requests; stderr lines in the gateway log; metrics.
+works); a client gone mid-stream (the process is told to cancel); 24 sessions (200 with STDIO_CHURN_SESSIONS=200)
+opened and closed with no process left; the process caps (429, audited); the idle timeout; a shared process (one
+pid, ids remapped); 2026-07-28 requests; stderr lines in the gateway log; metrics.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from gateway.errors import UPSTREAM_TIMEOUT, UPSTREAM_UNAVAILABLE
-from gateway.upstream.stdio.mux import MAX_BACKLOG, Channel, Exchange, Mux
+from gateway.policy.stdio import StdioPolicy
+from gateway.upstream.stdio.mux import MAX_BACKLOG, MAX_QUEUED, Channel, Exchange, Mux
 
 pytestmark = pytest.mark.unit
 
@@ -156,3 +157,68 @@ async def test_expire_answers_the_unanswered_and_cancels_them() -> None:
     ]
     assert cancels[0]["params"]["requestId"] == out["id"]
     assert ex.done and mux.in_flight == 0
+
+
+async def test_a_client_behind_by_more_than_its_bytes_is_cut_off() -> None:
+    mux = Mux(shared=False)
+    ch = Channel("s", limit=1000)
+    mux.channels.add(ch)
+    post = ch.exchange()
+    mux.outgoing_request(ch, post, _call(1, token="t"))
+    progress = {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": 1, "progress": 1}}
+    for _ in range(3):
+        mux.incoming(progress, 300)
+    assert post.queued_bytes == 900 and not post.closed
+    # read one: its bytes are free again
+    assert await post.next() is not None
+    assert post.queued_bytes == 600
+    mux.incoming(progress, 300)
+    assert post.queued_bytes == 900
+    # one more would pass the limit: the client is cut off, what was queued is let go
+    mux.incoming(progress, 300)
+    assert post.overflowed and post.closed and not post.queue and post.queued_bytes == 0
+    assert await post.next() is None
+    # its request is still the process's to cancel (the relay's release does it)
+    assert [c["params"]["requestId"] for c in mux.cancel_exchange(post, "gone")] == [1]
+
+
+async def test_the_message_count_still_cuts_off_small_messages() -> None:
+    ex = Exchange(limit=10**9)
+    for i in range(MAX_QUEUED):
+        ex.put({"n": i}, 1)
+    assert not ex.overflowed
+    ex.put({"n": MAX_QUEUED}, 1)
+    assert ex.overflowed and ex.closed
+
+
+async def test_the_backlog_for_a_stream_not_yet_open_is_bounded_in_bytes() -> None:
+    mux = Mux(shared=False)
+    ch = Channel("s", limit=1000)
+    mux.channels.add(ch)
+    for i in range(10):
+        mux.incoming({"jsonrpc": "2.0", "method": "notifications/message", "params": {"n": i}}, 300)
+    stream = ch.open_stream()
+    assert stream is not None
+    held = await _drain(stream)
+    # the newest three fit in 1000 bytes; the older ones were dropped as they came
+    assert [m["params"]["n"] for m in held] == [7, 8, 9]
+    assert not stream.overflowed
+
+
+async def test_a_batch_line_is_shared_among_its_messages() -> None:
+    mux = Mux(shared=False)
+    ch = Channel("s", limit=1000)
+    mux.channels.add(ch)
+    post = ch.exchange()
+    mux.outgoing_request(ch, post, _call("a"))
+    mux.outgoing_request(ch, post, _call("b"))
+    mux.incoming([{"jsonrpc": "2.0", "id": 1, "result": {}}, {"jsonrpc": "2.0", "id": 2, "result": {}}], 900)
+    assert post.queued_bytes == 900 and not post.overflowed
+    assert [m["id"] for m in await _drain(post)] == ["a", "b"]
+
+
+def test_the_policy_keeps_room_for_one_message() -> None:
+    base = {"command": "/bin/true"}
+    with pytest.raises(ValueError, match="max_queued_bytes must be at least max_message_bytes"):
+        StdioPolicy.model_validate({**base, "max_message_bytes": 2048, "max_queued_bytes": 1024})
+    assert StdioPolicy.model_validate(base).max_queued_bytes >= StdioPolicy.model_validate(base).max_message_bytes

@@ -3,7 +3,8 @@
 Tools: echo, add, count (progress), confirm_action (elicitation), slow (sleeps; writes `cancelled <id>` to the file
 named by $STDIO_EVENTS when the gateway cancels it), crash (the process exits mid-call), environ (its argv and
 environment, to show what reached them), whoami (its pid), stubborn (from then on the process ignores SIGTERM and
-outlives its stdin: only SIGKILL ends it), shout (writes lines to stderr). Writes one line to stderr at start.
+outlives its stdin: only SIGKILL ends it), shout (writes lines to stderr), flood (large progress messages, as fast
+as it can). Writes one line to stderr at start.
 
     python -m tests.upstreams.stdio_server [--name NAME]
 """
@@ -100,6 +101,20 @@ def build(name: str) -> FastMCP:
             sys.stderr.write(f"shout {i} " + "x" * size + "\n")
         sys.stderr.flush()
         return "shouted"
+
+    @mcp.tool()
+    async def flood(n: int, size: int, ctx: Context) -> str:  # type: ignore[type-arg]
+        """Report progress n times, each with a message of `size` characters: a server outrunning its client."""
+        text = "x" * size
+        try:
+            for i in range(1, n + 1):
+                await ctx.report_progress(i, n, text)
+                await asyncio.sleep(0)  # a cancellation can land between two messages
+        except asyncio.CancelledError:
+            _event(f"cancelled flood after {i}")
+            raise
+        _event(f"flooded {n}")
+        return f"flooded {n}"
 
     @mcp.tool()
     def whoami() -> str:

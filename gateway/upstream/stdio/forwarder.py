@@ -171,7 +171,7 @@ class StdioForwarder:
             ctx.report_outcome(UpstreamOutcome(url, None, "pool", time.perf_counter() - start))
             raise
         ctx.report_outcome(UpstreamOutcome(url, 200, None, time.perf_counter() - start))
-        return StdioSocket(self.manager, worker, Channel(None), owns)
+        return StdioSocket(self.manager, worker, Channel(None, policy.max_queued_bytes), owns)
 
     # ------------------------------------------------------------------ legacy HTTP+SSE clients
 
@@ -181,7 +181,7 @@ class StdioForwarder:
         manager = self.manager
         if method == "GET":
             sid = manager.new_session_id()
-            channel = Channel(sid)
+            channel = Channel(sid, policy.max_queued_bytes)
             if policy.process == "shared":
                 worker, owns = await self._shared(ctx, policy), False
             else:
@@ -189,6 +189,7 @@ class StdioForwarder:
             manager.add_session(ctx.server_name, worker, channel, owns, policy)
             stream = channel.open_stream()
             assert stream is not None
+            stream.on_overflow = lambda: self._overflowed(ctx, worker, stream)
             name = ctx.server_name
 
             def closed() -> None:
@@ -222,6 +223,7 @@ class StdioForwarder:
             return StdioResponse.json(
                 409, _error(None, INVALID_REQUEST, "Conflict: only one GET stream per session is allowed")
             )
+        stream.on_overflow = lambda: self._overflowed(ctx, sess.worker, stream)
         sess.touch()
 
         def closed() -> None:
@@ -237,7 +239,7 @@ class StdioForwarder:
     ) -> StdioResponse:
         manager = self.manager
         sid = manager.new_session_id()
-        channel = Channel(sid)
+        channel = Channel(sid, policy.max_queued_bytes)
         headers = {SESSION_HEADER: sid}
         if policy.process == "shared":
             worker = await self._shared(ctx, policy)
@@ -267,7 +269,7 @@ class StdioForwarder:
         """A 2026-07-28 request: no session, so a process of its own (per_session) or the shared one."""
         if policy.process == "shared":
             worker = await self._shared(ctx, policy)
-            return await self._dispatch(ctx, server, worker, Channel(None), messages)
+            return await self._dispatch(ctx, server, worker, Channel(None, policy.max_queued_bytes), messages)
         worker = await self._spawn(ctx, policy, f"request:{ctx.request_id}")
         try:
             meta = next((m.get("params", {}).get("_meta") for m in messages if isinstance(m.get("params"), dict)), None)
@@ -276,7 +278,7 @@ class StdioForwarder:
                 await initialize(worker, policy.start_timeout_seconds, caps if isinstance(caps, dict) else None)
             except (ConnectionError, TimeoutError):
                 raise _process_exited() from None
-            channel = Channel(None)
+            channel = Channel(None, policy.max_queued_bytes)
             worker.mux.channels.add(channel)
             resp = await self._dispatch(ctx, server, worker, channel, messages, on_done=worker.process.stop)
         except BaseException:
@@ -363,8 +365,8 @@ class StdioForwarder:
         mux = worker.mux
         if mux.failure is not None or not worker.process.alive:
             raise _process_exited()
-        exchange = Exchange()
-        channel.exchanges.append(exchange)
+        exchange = channel.exchange()
+        exchange.on_overflow = lambda: self._overflowed(ctx, worker, exchange)
         try:
             for msg in messages:
                 if "method" in msg and "id" in msg:
@@ -402,6 +404,16 @@ class StdioForwarder:
             _discard(channel, exchange)
             raise _process_exited()
         return first, exchange
+
+    def _overflowed(self, ctx: RequestContext, worker: Worker, exchange: Exchange) -> None:
+        """The client read slower than the server wrote (stdio.max_queued_bytes): what was queued for it is let go,
+        its requests are cancelled at the process. The client's doing, not the server's: noted for the audit
+        record and counted, never reported to the breaker."""
+        ctx.notes["stream_error"] = "client_too_slow"
+        self.manager.metrics.slow_clients.labels(ctx.server_name).inc()
+        log.warning("stdio client cut off: it read slower than the server wrote", server=ctx.server_name)
+        for cancel in worker.mux.cancel_exchange(exchange, "the client is not reading"):
+            self.manager.fire(worker.send(cancel))
 
     def _expire(self, worker: Worker, exchange: Exchange) -> list[JsonObj]:
         errors, cancels = worker.mux.expire(exchange)

@@ -208,8 +208,8 @@ class StdioManager:
             mux = Mux(shared=shared)
             holder: list[Worker] = []
 
-            def on_message(msg: object) -> None:
-                replies = mux.incoming(msg)
+            def on_message(msg: object, size: int) -> None:
+                replies = mux.incoming(msg, size)
                 if replies and holder:
                     for reply in replies:
                         self.fire(holder[0].send(reply))

@@ -51,6 +51,12 @@ class StdioMetrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self.slow_clients = Counter(
+            "mcp_gateway_stdio_slow_clients_total",
+            "answer streams cut off because the client read slower than the server wrote (stdio.max_queued_bytes)",
+            ["server"],
+            registry=registry,
+        )
         self.stderr_lines = Counter(
             "mcp_gateway_stdio_stderr_lines_total",
             "stderr lines of stdio server processes (result: logged, dropped over the rate)",

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -32,10 +33,18 @@ log = structlog.get_logger("gateway.upstream.stdio")
 
 JsonObj = dict[str, Any]
 
-# messages held for a session's GET stream while it is not open (the first ones a client may miss otherwise)
+# messages held for a session's GET stream while it is not open (the first ones a client may miss otherwise); the
+# oldest go first past this many or past the route's max_queued_bytes
 MAX_BACKLOG = 64
-# messages queued for one exchange or stream that the client does not read; beyond, the oldest are dropped
+# messages queued for one exchange or stream whose client reads slower than the server writes. Past this many, or
+# past the route's `stdio.max_queued_bytes`, the client is cut off (its answer or stream ends, its requests are
+# cancelled at the process) instead of the gateway's memory growing: a server writing 16 MiB lines to a client that
+# never reads held 385 MB when only the count was bounded (red team).
 MAX_QUEUED = 4096
+# the default of `stdio.max_queued_bytes`
+DEFAULT_QUEUED_BYTES = 32 * 1024 * 1024
+# what a message counts when its size on the wire is not known (the gateway's own answers and errors: small)
+OWN_MESSAGE_BYTES = 256
 LIST_CHANGED = frozenset(
     {
         "notifications/tools/list_changed",
@@ -55,10 +64,28 @@ def id_key(rpc_id: object) -> str:
 class Exchange:
     """The messages for one POST (or one GET stream): answers and what is routed to it, in order."""
 
-    __slots__ = ("_wake", "closed", "failure", "outstanding", "queue", "stream")
+    __slots__ = (
+        "_sizes",
+        "_wake",
+        "closed",
+        "failure",
+        "limit",
+        "on_overflow",
+        "outstanding",
+        "overflowed",
+        "queue",
+        "queued_bytes",
+        "stream",
+    )
 
-    def __init__(self, stream: bool = False) -> None:
+    def __init__(self, stream: bool = False, limit: int = DEFAULT_QUEUED_BYTES) -> None:
         self.queue: deque[JsonObj] = deque()
+        self._sizes: deque[int] = deque()
+        self.queued_bytes = 0
+        self.limit = limit
+        # the client was cut off for not reading (never the server's failure); on_overflow is called once then
+        self.overflowed = False
+        self.on_overflow: Callable[[], None] | None = None
         # gateway ids of this POST's requests still unanswered
         self.outstanding: set[int] = set()
         self.stream = stream  # a GET stream: never done by itself
@@ -67,12 +94,22 @@ class Exchange:
         self.failure: str | None = None
         self._wake = asyncio.Event()
 
-    def put(self, msg: JsonObj) -> None:
+    def put(self, msg: JsonObj, size: int = OWN_MESSAGE_BYTES) -> None:
+        """Queue a message of `size` bytes on the wire; a client this far behind is cut off."""
         if self.closed:
             return
-        if len(self.queue) >= MAX_QUEUED:
-            self.queue.popleft()
+        if len(self.queue) >= MAX_QUEUED or self.queued_bytes + size > self.limit:
+            self.overflowed = True
+            self.queue.clear()
+            self._sizes.clear()
+            self.queued_bytes = 0
+            self.close()
+            if self.on_overflow is not None:
+                self.on_overflow()
+            return
         self.queue.append(msg)
+        self._sizes.append(size)
+        self.queued_bytes += size
         self._wake.set()
 
     @property
@@ -97,17 +134,21 @@ class Exchange:
                 return None
             self._wake.clear()
             await self._wake.wait()
+        self.queued_bytes -= self._sizes.popleft()
         return self.queue.popleft()
 
 
 class Channel:
     """One client session's side of a process."""
 
-    def __init__(self, session_id: str | None) -> None:
+    def __init__(self, session_id: str | None, limit: int = DEFAULT_QUEUED_BYTES) -> None:
         self.session_id = session_id
+        # max_queued_bytes of the route: for every exchange and stream of this channel, and for the backlog
+        self.limit = limit
         self.exchanges: list[Exchange] = []
         self.stream: Exchange | None = None
-        self.backlog: deque[JsonObj] = deque(maxlen=MAX_BACKLOG)
+        self.backlog: deque[tuple[JsonObj, int]] = deque()
+        self._backlog_bytes = 0
         # client id (as a string) -> the gateway id of its request in flight
         self.ids: dict[str, int] = {}
         # server-to-client requests sent to this client, not yet answered: id key -> where they went
@@ -118,12 +159,26 @@ class Channel:
         """The session's GET stream, or None when one is open already (a client holds one at a time)."""
         if self.stream is not None and not self.stream.closed:
             return None
-        stream = self.stream = Exchange(stream=True)
+        stream = self.stream = Exchange(stream=True, limit=self.limit)
         while self.backlog:
-            stream.put(self.backlog.popleft())
+            msg, size = self.backlog.popleft()
+            stream.put(msg, size)
+        self._backlog_bytes = 0
         return stream
 
-    def deliver(self, msg: JsonObj) -> Exchange | None:
+    def exchange(self) -> Exchange:
+        """A new POST's exchange, with this channel's limit."""
+        exchange = Exchange(limit=self.limit)
+        self.exchanges.append(exchange)
+        return exchange
+
+    def _hold(self, msg: JsonObj, size: int) -> None:
+        self.backlog.append((msg, size))
+        self._backlog_bytes += size
+        while len(self.backlog) > MAX_BACKLOG or self._backlog_bytes > self.limit:
+            self._backlog_bytes -= self.backlog.popleft()[1]
+
+    def deliver(self, msg: JsonObj, size: int = OWN_MESSAGE_BYTES) -> Exchange | None:
         """Route a message the process sent on its own; where it went (None: held for the GET stream)."""
         posts = [e for e in self.exchanges if not e.closed]
         stream = self.stream if self.stream is not None and not self.stream.closed else None
@@ -137,9 +192,9 @@ class Channel:
         else:
             target = None
         if target is None:
-            self.backlog.append(msg)
+            self._hold(msg, size)
         else:
-            target.put(msg)
+            target.put(msg, size)
         return target
 
     def close(self, failure: str | None = None) -> None:
@@ -270,25 +325,27 @@ class Mux:
 
     # ------------------------------------------------------------------ process -> clients
 
-    def incoming(self, msg: object) -> list[JsonObj]:
-        """Route one message from the process; what the gateway must write back to it (its own answers)."""
+    def incoming(self, msg: object, size: int = OWN_MESSAGE_BYTES) -> list[JsonObj]:
+        """Route one message from the process (`size`: its line's bytes); what the gateway must write back to it
+        (its own answers)."""
         if isinstance(msg, list):
             replies: list[JsonObj] = []
+            share = size // max(len(msg), 1)
             for item in msg:
-                replies.extend(self.incoming(item))
+                replies.extend(self.incoming(item, share))
             return replies
         if not isinstance(msg, dict):
             return []
         if "method" not in msg:
             if "result" in msg or "error" in msg:
-                self._answer(msg)
+                self._answer(msg, size)
             return []
         if "id" in msg:
-            return self._server_request(msg)
-        self._notification(msg)
+            return self._server_request(msg, size)
+        self._notification(msg, size)
         return []
 
-    def _answer(self, msg: JsonObj) -> None:
+    def _answer(self, msg: JsonObj, size: int) -> None:
         gid = msg.get("id")
         if not isinstance(gid, int):
             return
@@ -304,9 +361,9 @@ class Mux:
         channel, client_id, exchange = entry
         channel.ids.pop(id_key(client_id), None)
         exchange.outstanding.discard(gid)
-        exchange.put({**msg, "id": client_id})
+        exchange.put({**msg, "id": client_id}, size)
 
-    def _server_request(self, msg: JsonObj) -> list[JsonObj]:
+    def _server_request(self, msg: JsonObj, size: int) -> list[JsonObj]:
         if self.shared or not self.channels:
             if msg.get("method") == "ping":
                 return [{"jsonrpc": "2.0", "id": msg["id"], "result": {}}]
@@ -321,12 +378,12 @@ class Mux:
                 }
             ]
         channel = next(iter(self.channels))
-        channel.server_requests[id_key(msg["id"])] = channel.deliver(msg)
+        channel.server_requests[id_key(msg["id"])] = channel.deliver(msg, size)
         if len(channel.server_requests) > MAX_QUEUED:
             channel.server_requests.pop(next(iter(channel.server_requests)))
         return []
 
-    def _notification(self, msg: JsonObj) -> None:
+    def _notification(self, msg: JsonObj, size: int) -> None:
         method = msg.get("method")
         params = msg.get("params")
         if method == "notifications/progress" and isinstance(params, dict):
@@ -334,13 +391,13 @@ class Mux:
             if isinstance(token, int) and token in self._tokens:
                 entry = self._pending.get(token)
                 if entry is not None:
-                    entry[2].put({**msg, "params": {**params, "progressToken": self._tokens[token]}})
+                    entry[2].put({**msg, "params": {**params, "progressToken": self._tokens[token]}}, size)
             return
         if self.shared:
             if method in LIST_CHANGED:
                 for channel in self.channels:
                     if channel.stream is not None and not channel.stream.closed:
-                        channel.stream.put(msg)
+                        channel.stream.put(msg, size)
             return
         if not self.channels:
             return
@@ -349,9 +406,9 @@ class Mux:
             # the server cancels its own request to the client: it goes where that request went
             where = channel.server_requests.pop(id_key(params.get("requestId")), None)
             if where is not None and not where.closed:
-                where.put(msg)
+                where.put(msg, size)
                 return
-        channel.deliver(msg)
+        channel.deliver(msg, size)
 
     # ------------------------------------------------------------------ the process went away
 

@@ -73,15 +73,15 @@ class _LineBudget:
 
 
 class StdioProcess:
-    """A started child. `send()` writes one JSON-RPC message; `on_message` gets every message it writes (parsed),
-    `on_exit(returncode, crashed)` is called once when it is gone and reaped."""
+    """A started child. `send()` writes one JSON-RPC message; `on_message` gets every message it writes (parsed,
+    with its line's size in bytes), `on_exit(returncode, crashed)` is called once when it is gone and reaped."""
 
     def __init__(
         self,
         server: str,
         label: str,
         spec: LaunchSpec,
-        on_message: Callable[[object], None],
+        on_message: Callable[[object, int], None],
         on_exit: Callable[[int | None, bool], None],
         on_stderr: Callable[[bool], None] | None = None,
     ) -> None:
@@ -176,7 +176,7 @@ class StdioProcess:
                     self._log_line(line[: self.spec.max_log_line].decode("utf-8", "replace"), stream="stdout")
                 continue
             try:
-                self._on_message(msg)
+                self._on_message(msg, len(line))
             except Exception:
                 log.exception("stdio message handler failed", server=self.server, session=self.label)
 
