@@ -51,6 +51,10 @@ class OAuthSettings(Model):
     clients: list[PreregisteredClient] = Field(default_factory=list)
     # registered clients kept at most (a registration flood must not fill memory or the table)
     max_clients: int = Field(10_000, ge=1)
+    # a registered client no user has approved yet (no authorization code issued) is deleted after this long: a
+    # real client registers just before it opens the sign-in page, and a flood's registrations then age out
+    # instead of holding max_clients for good
+    unclaimed_client_seconds: float = Field(3600.0, gt=0)
     # requests per minute and client address, each endpoint its own budget
     register_per_minute: int = Field(10, ge=1)
     token_per_minute: int = Field(60, ge=1)

@@ -91,7 +91,7 @@ def build_oauth(
         assert pg is not None
         while True:
             with contextlib.suppress(Exception):
-                await pg.prune()
+                await pg.prune(cfg.unclaimed_client_seconds)
             await asyncio.sleep(PRUNE_SECONDS)
 
     async def start() -> None:

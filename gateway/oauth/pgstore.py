@@ -34,6 +34,11 @@ def _doc(raw: Any) -> dict[str, Any]:
     return value
 
 
+_ADD_CLIENT = """INSERT INTO mgw_oauth_clients (client_id, doc)
+   SELECT $1, $2::jsonb WHERE (SELECT count(*) FROM mgw_oauth_clients) < $3
+   RETURNING client_id"""
+
+
 class PostgresStore:
     def __init__(self, dsn: str, pool_size: int, timeout: float = 2.0) -> None:
         self._dsn = dsn
@@ -62,19 +67,31 @@ class PostgresStore:
                 "temporarily_unavailable", "authorization state is unavailable", reason="store_unavailable", status=503
             ) from None
 
-    async def add_client(self, client: Client, limit: int) -> bool:
+    async def add_client(self, client: Client, limit: int, unclaimed_ttl: float) -> bool:
         # the count and the insert in one statement: concurrent registrations cannot overshoot by much more than
         # the number of replicas
-        row = await self._run(
-            "fetchrow",
-            """INSERT INTO mgw_oauth_clients (client_id, doc)
-               SELECT $1, $2::jsonb WHERE (SELECT count(*) FROM mgw_oauth_clients) < $3
-               RETURNING client_id""",
-            client.client_id,
-            orjson.dumps(client.to_doc()).decode(),
-            limit,
-        )
+        doc = orjson.dumps(client.to_doc()).decode()
+        row = await self._run("fetchrow", _ADD_CLIENT, client.client_id, doc, limit)
+        if row is None:
+            # full: unclaimed registrations past their time go first (the hourly prune may not have run yet)
+            await self.drop_unclaimed(unclaimed_ttl)
+            row = await self._run("fetchrow", _ADD_CLIENT, client.client_id, doc, limit)
         return row is not None
+
+    async def drop_unclaimed(self, unclaimed_ttl: float) -> None:
+        await self._run(
+            "execute",
+            """DELETE FROM mgw_oauth_clients
+               WHERE claimed_at IS NULL AND created_at < now() - make_interval(secs => $1)""",
+            unclaimed_ttl,
+        )
+
+    async def claim_client(self, client_id: str) -> None:
+        await self._run(
+            "execute",
+            "UPDATE mgw_oauth_clients SET claimed_at = now() WHERE client_id = $1 AND claimed_at IS NULL",
+            client_id,
+        )
 
     async def client(self, client_id: str) -> Client | None:
         row = await self._run("fetchrow", "SELECT doc FROM mgw_oauth_clients WHERE client_id = $1", client_id)
@@ -135,10 +152,12 @@ class PostgresStore:
                 "execute", f"UPDATE {table} SET revoked_at = now() WHERE family = $1 AND revoked_at IS NULL", family
             )
 
-    async def prune(self) -> None:
-        """Drop what expired a day ago (kept that long so a late replay is still recognized as one)."""
+    async def prune(self, unclaimed_ttl: float) -> None:
+        """Drop what expired a day ago (kept that long so a late replay is still recognized as one), and the
+        registrations no user approved within `unclaimed_ttl` seconds."""
         for table in ("mgw_oauth_codes", "mgw_oauth_refresh_tokens"):
             await self._run("execute", f"DELETE FROM {table} WHERE expires_at < now() - interval '1 day'")
+        await self.drop_unclaimed(unclaimed_ttl)
 
     async def close(self) -> None:
         if self._pool is not None:

@@ -186,7 +186,7 @@ class OAuthServer:
             secret_hash=digest(secret) if secret else None,
             created_at=time.time(),
         )
-        if not await self.store.add_client(client, self.settings.max_clients):
+        if not await self.store.add_client(client, self.settings.max_clients, self.settings.unclaimed_client_seconds):
             raise OAuthError(
                 "temporarily_unavailable", "too many registered clients", reason="client_limit", status=503
             )
@@ -317,6 +317,8 @@ class OAuthServer:
             CodeGrant(grant, req.redirect_uri, req.code_challenge),
             time.time() + self.settings.code_seconds,
         )
+        # approved by a user: the registration is kept past unclaimed_client_seconds
+        await self.store.claim_client(req.client.client_id)
         params = {"code": code}
         if req.state is not None:
             params["state"] = req.state

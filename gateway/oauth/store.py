@@ -7,6 +7,7 @@ presentations exactly one wins, and the loser learns it was a replay (which revo
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -17,8 +18,13 @@ MAX_ENTRIES = 200_000
 
 
 class OAuthStore(Protocol):
-    async def add_client(self, client: Client, limit: int) -> bool:
-        """Store a registration; False when `limit` clients are registered already."""
+    async def add_client(self, client: Client, limit: int, unclaimed_ttl: float) -> bool:
+        """Store a registration; False when `limit` clients are registered even after unclaimed ones older than
+        `unclaimed_ttl` seconds were deleted."""
+        ...
+
+    async def claim_client(self, client_id: str) -> None:
+        """A user approved the client (its first code): it is kept from now on."""
         ...
 
     async def client(self, client_id: str) -> Client | None: ...
@@ -55,16 +61,32 @@ class MemoryStore:
     """The embedded store: one process's dicts, bounded. State is lost on restart (users sign in again) and not
     shared between workers, so `workers > 1` needs PostgreSQL (gateway/oauth/factory.py enforces it)."""
 
-    def __init__(self) -> None:
-        self._clients: dict[str, Client] = {}
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._clients: dict[str, Client] = {}  # in registration order
+        self._unclaimed: dict[str, float] = {}  # client id -> registered at (time.time()), in that order
         self._codes: dict[str, _Entry] = {}
         self._refresh: dict[str, _Entry] = {}
 
-    async def add_client(self, client: Client, limit: int) -> bool:
+    async def add_client(self, client: Client, limit: int, unclaimed_ttl: float) -> bool:
         if len(self._clients) >= limit:
-            return False
+            self.drop_unclaimed(self._clock() - unclaimed_ttl)
+            if len(self._clients) >= limit:
+                return False
         self._clients[client.client_id] = client
+        self._unclaimed[client.client_id] = self._clock()
         return True
+
+    def drop_unclaimed(self, registered_before: float) -> None:
+        while self._unclaimed:
+            client_id, at = next(iter(self._unclaimed.items()))
+            if at >= registered_before:
+                return
+            del self._unclaimed[client_id]
+            self._clients.pop(client_id, None)
+
+    async def claim_client(self, client_id: str) -> None:
+        self._unclaimed.pop(client_id, None)
 
     async def client(self, client_id: str) -> Client | None:
         return self._clients.get(client_id)

@@ -1,4 +1,4 @@
-"""The authorization server's PostgreSQL store (migration 040) on a scratch database of the shared server: single
+"""The authorization server's PostgreSQL store (migrations 040, 041) on a scratch database of the shared server: single
 use of codes and refresh tokens under concurrency, what a loser learns (replay), family revocation, the client
 limit, and hashes only in the tables."""
 
@@ -26,12 +26,24 @@ async def test_postgres_store(postgres_dsn: str) -> None:
         store = PostgresStore(dsn, pool_size=4)
         try:
             # clients, bounded
-            assert await store.add_client(Client("c1", "One", ("http://127.0.0.1:1/cb",), "none"), limit=2)
-            assert await store.add_client(Client("c2", "Two", ("http://127.0.0.1:1/cb",), "none"), limit=2)
-            assert not await store.add_client(Client("c3", "Three", ("http://127.0.0.1:1/cb",), "none"), limit=2)
+            def client(cid: str) -> Client:
+                return Client(cid, cid, ("http://127.0.0.1:1/cb",), "none")
+
+            assert await store.add_client(client("c1"), limit=2, unclaimed_ttl=3600)
+            assert await store.add_client(client("c2"), limit=2, unclaimed_ttl=3600)
+            assert not await store.add_client(client("c3"), limit=2, unclaimed_ttl=3600)
             got = await store.client("c1")
             assert got is not None and got.redirect_uris == ("http://127.0.0.1:1/cb",)
             assert await store.client("c3") is None
+            # a user approved c1; c2 was never approved: once it is older than the limit it gives way
+            await store.claim_client("c1")
+            await asyncio.sleep(0.05)
+            assert await store.add_client(client("c3"), limit=2, unclaimed_ttl=0.01)
+            assert [await store.client(c) is not None for c in ("c1", "c2", "c3")] == [True, False, True]
+            # the periodic prune drops unclaimed ones too
+            await asyncio.sleep(0.05)
+            await store.prune(unclaimed_ttl=0.01)
+            assert [await store.client(c) is not None for c in ("c1", "c3")] == [True, False]
 
             # a code: of ten concurrent redemptions exactly one wins, the others learn it was a replay
             code = new_secret()

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.oauth import forms, redirects
 from gateway.oauth.config import OAuthSettings
-from gateway.oauth.limits import AddressLimiter
+from gateway.oauth.limits import AddressLimiter, address_group
 from gateway.oauth.signing import from_pem, generate_pem, load_or_create
 
 pytestmark = pytest.mark.unit
@@ -45,6 +45,20 @@ def test_limiter_per_address_with_refill() -> None:
     now[0] += 20.0  # a third of a minute: one request's worth
     assert limiter.take("a") == 0.0
     assert limiter.take("a") > 0
+
+
+def test_limiter_keeps_one_budget_per_ipv6_64() -> None:
+    limiter = AddressLimiter(2, clock=lambda: 0.0)
+    # a host rotating through its /64 (privacy addresses) spends one budget
+    assert [limiter.take(f"2001:db8:1:2::{i:x}") for i in range(2)] == [0.0, 0.0]
+    assert limiter.take("2001:db8:1:2:ffff:ffff:ffff:ffff") > 0
+    assert limiter.take("2001:db8:1:3::1") == 0.0  # the next /64 is someone else
+    # an IPv4-mapped address is its IPv4 address; IPv4 addresses stay one budget each
+    assert [limiter.take("192.0.2.7"), limiter.take("::ffff:192.0.2.7")] == [0.0, 0.0]
+    assert limiter.take("192.0.2.7") > 0
+    assert limiter.take("192.0.2.8") == 0.0
+    assert address_group("fe80::1%eth0") == "fe80::/64"
+    assert address_group("not-an-address") == "not-an-address"
 
 
 def test_limiter_memory_is_bounded() -> None:

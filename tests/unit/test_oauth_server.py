@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import hashlib
 import secrets
+import time
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -59,11 +61,11 @@ def build_snapshot(revoked: bool = False) -> Snapshot:
 
 
 class Env:
-    def __init__(self, **settings: Any) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time, **settings: Any) -> None:
         self.snap = build_snapshot()
         self.settings = OAuthSettings.model_validate({"enabled": True, **settings})
         self.tokens = AccessTokens(from_pem(generate_pem()), PUBLIC, 300)
-        self.store = MemoryStore()
+        self.store = MemoryStore(clock)
         self.server = OAuthServer(
             self.settings,
             PUBLIC,
@@ -289,6 +291,24 @@ async def test_registration_policies() -> None:
     full = Env(max_clients=1)
     await register(full)
     assert (await refused(register(full))).reason == "client_limit"
+
+
+async def test_a_registration_flood_ages_out_and_approved_clients_stay() -> None:
+    now = [1000.0]
+    env = Env(clock=lambda: now[0], max_clients=3, unclaimed_client_seconds=600)
+    kept = (await register(env))["client_id"]
+    await code_for(env, kept)  # a user approved it: claimed
+    now[0] += 1
+    flood = [(await register(env))["client_id"] for _ in range(2)]
+    # full, and the flood's registrations are young: refused as before
+    assert (await refused(register(env))).reason == "client_limit"
+    now[0] += 601
+    # the unclaimed ones aged out: registration works again, the approved client is still there
+    fresh = (await register(env))["client_id"]
+    assert await env.server.client(kept) is not None and await env.server.client(fresh) is not None
+    assert [await env.server.client(c) for c in flood] == [None, None]
+    # and its users go on signing in with it
+    assert (await code_for(env, kept))[0]
 
 
 async def test_confidential_client_must_authenticate() -> None:
