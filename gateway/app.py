@@ -30,6 +30,7 @@ from gateway.oauth.routes import install_routes as install_oauth_routes
 from gateway.probes import healthz, readyz
 from gateway.settings import Settings
 from gateway.transports.legacy_sse import LegacySseHandler
+from gateway.transports.listchanged import ListWatch
 from gateway.transports.streamable import StreamableHttpHandler
 from gateway.transports.websocket import WebSocketHandler
 
@@ -56,6 +57,10 @@ def build_app(settings: Settings) -> web.Application:
     for lifecycle in gw.lifecycles:
         app.cleanup_ctx.append(cleanup_context(lifecycle))
 
+    # the session streams this process relays (Streamable HTTP GET streams, legacy HTTP+SSE streams): told of the
+    # list changes a reload makes, ended when a reload or the admin API revokes their key
+    lists = ListWatch()
+    gw.policy.listeners.append(lists.reloaded)
     legacy = LegacySseHandler(
         policy=gw.policy,
         metrics=gw.metrics,
@@ -71,6 +76,7 @@ def build_app(settings: Settings) -> web.Application:
         public_url=settings.public_url,
         keepalive_seconds=settings.http.sse_keepalive_seconds,
         stdio=gw.stdio.forwarder,
+        lists=lists,
     )
     websocket = WebSocketHandler(
         policy=gw.policy,
@@ -98,6 +104,7 @@ def build_app(settings: Settings) -> web.Application:
         legacy=legacy,
         websocket=websocket,
         stdio=gw.stdio.forwarder,
+        lists=lists,
     )
     # the bound coroutine method, not the instance: aiohttp wraps any other callable in an extra coroutine per
     # request (and warns that this is deprecated)
@@ -114,7 +121,7 @@ def build_app(settings: Settings) -> web.Application:
         install_oauth_routes(app)
     # every admin route: the admin-scope check, the admin model, audit of whatever happens (gateway/admin/audited.py)
     gate = AdminGate(gw.policy, gw.client_ip, gw.audit)
-    install_key_routes(app, gate, gw.auth, gw.policy, on_revoked=streamable.lists.key_revoked)
+    install_key_routes(app, gate, gw.auth, gw.policy, on_revoked=lists.key_revoked)
     admin_servers.add_routes(app, gate, admin_servers.ServerStatus(gw.policy, gw.breakers, gw.health, gw.balancer))
     install_audit_routes(app, settings, gate)
     admin_reload.add_routes(app, gate, gw.policy)

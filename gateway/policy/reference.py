@@ -19,14 +19,14 @@ Generated from the policy models by `mcp-gateway schema --reference docs/policy-
 Each policy file in `policies/` is validated against these fields (unknown keys are errors). Types: `a | b` is
 either; `list[x]` a YAML list; `map[x]` a mapping from names to x. A `-` default means required or none.
 
-**Reloads and open sessions.** Lists (tools, resources, prompts) are filtered for their caller by tool rules (tenants,
-`access.yaml`, keys), scopes and route access. A reload that changes what an open session's caller may list sends
-that session `notifications/tools/list_changed` (and `resources/` / `prompts/` for those kinds) on its Streamable
-HTTP GET stream, once per reload and kind, so the client lists again; a reload that changes nothing for the caller
-sends nothing. A keys.yaml key is judged by its record in the new policy (a scope or tool-rule edit counts), other
-credentials by what they presented. Only sessions whose GET stream is open through a gateway process that loaded the
-edit are told; with several replicas each notifies the streams it relays when it reloads (docs/transports.md).
-Legacy HTTP+SSE and WebSocket sessions are not notified.
+**Reloads and open sessions.** Lists (tools, resources, prompts) are filtered for their caller by tool rules
+(tenants, `access.yaml`, keys), scopes and route access. A reload that changes what an open session's caller may
+list sends that session `notifications/tools/list_changed` (and `resources/` / `prompts/` for those kinds) on its
+Streamable HTTP GET stream or its legacy HTTP+SSE stream, once per reload and kind, so the client lists again; a
+reload that changes nothing for the caller sends nothing. A keys.yaml key is judged by its record in the new policy
+(a scope or tool-rule edit counts), other credentials by what they presented. Only sessions whose GET stream is open
+through a gateway process that loaded the edit are told; with several replicas each notifies the streams it relays
+when it reloads (docs/transports.md). WebSocket sessions are not notified.
 """
 
 

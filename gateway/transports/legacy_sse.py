@@ -17,6 +17,7 @@ The endpoint must be on the upstream's own origin (upstream/legacy_sse.py): othe
 from __future__ import annotations
 
 import asyncio
+import time
 
 import orjson
 import structlog
@@ -47,12 +48,14 @@ from gateway.transports.common import (
     render,
 )
 from gateway.transports.legacy_bus import LegacyEventBus
+from gateway.transports.listchanged import ListWatch
 from gateway.transports.lists import CallerLists
 from gateway.transports.metrics import TransportMetrics
 from gateway.upstream.choice import UpstreamChoice
 from gateway.upstream.credentials import UpstreamCredentials
 from gateway.upstream.headers import client_response_headers
 from gateway.upstream.http import KEEPALIVE_COMMENT, HttpForwarder
+from gateway.upstream.inbox import Inbox
 from gateway.upstream.legacy_sse import EndpointRefused, LiveStream, LiveStreams, rewrite_endpoint, session_id_of
 from gateway.upstream.response import UpstreamResponse
 from gateway.upstream.routing import (
@@ -91,6 +94,7 @@ class LegacySseHandler:
         public_url: str,
         keepalive_seconds: float,
         stdio: StdioForwarder,
+        lists: ListWatch,
     ) -> None:
         self._policy = policy
         self._metrics = metrics
@@ -109,6 +113,9 @@ class LegacySseHandler:
         self._keepalive = keepalive_seconds
         # `transport: stdio` routes also serve legacy clients at /mcp/{server}/sse (gateway/upstream/stdio/)
         self._stdio = stdio
+        # a legacy stream is its session: ended when a reload or the admin API revokes its key, told of list changes
+        # (gateway/transports/listchanged.py), like a Streamable HTTP session's GET stream
+        self._lists = lists
 
     async def route(self, request: web.Request) -> web.StreamResponse:
         """The extra routes (`/mcp/{server}/sse`, POST `/mcp/{server}/{tail}`): only on `transport: sse` routes."""
@@ -208,17 +215,39 @@ class LegacySseHandler:
         endpoint_seen = refused = False
         keepalive = self._keepalive
         parser = SseParser()
+        inbox = Inbox()
+        unwatch = self._lists.watch(self._policy.active, ctx.server_name, ctx.principal, inbox)
+        expires_at = ctx.principal.expires_at
+        # the stream ends with its credential (a key's expiry, a token's exp), as its POSTs would be refused
+        expiry = (
+            asyncio.get_running_loop().call_later(max(0.0, expires_at - time.time()), inbox.close)
+            if expires_at is not None
+            else None
+        )
         try:
             await prepare(out, ctx.request)
             while True:
+                # the parser hands out whole events, so between two writes we are always at a boundary
+                if inbox.pending:
+                    async with live.lock:
+                        for event in inbox.take():
+                            ctx.bytes_out += len(event)
+                            await out.write(event)
+                if inbox.closing:
+                    ctx.notes["stream_error"] = "credential_gone"
+                    break
                 try:
-                    async with asyncio.timeout(keepalive):
+                    async with asyncio.timeout(keepalive) as timer:
+                        inbox.timer = timer
                         chunk = await resp.content.readany()
                 except TimeoutError:
-                    # the parser hands out whole events, so between two writes we are always at a boundary
+                    if inbox.pending or inbox.closing:
+                        continue  # woken by the inbox: handled above
                     async with live.lock:
                         await out.write(KEEPALIVE_COMMENT)
                     continue
+                finally:
+                    inbox.timer = None
                 if not chunk:
                     rest = parser.leftover()
                     if rest:
@@ -264,6 +293,10 @@ class LegacySseHandler:
             )
             ctx.notes["stream_error"] = err.reason
         finally:
+            if unwatch is not None:
+                unwatch()
+            if expiry is not None:
+                expiry.cancel()
             resp.close()
             if reservation[0] is not None:  # the stream ended before it named its session
                 await release_session(ctx, self._sessions, reservation[0])

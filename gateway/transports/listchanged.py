@@ -12,7 +12,9 @@ stream, written between the upstream's events (gateway/upstream/inbox.py). A str
 Only streams that pass through this process are notified. With several replicas each reloads its own policy files
 and notifies the streams it relays, so every open stream is notified once when all replicas load the same edit; a
 replica that has not (yet) loaded it notifies its streams when it does. Sessions without an open GET stream are not
-told (they see the new lists on their next request). Legacy HTTP+SSE and WebSocket sessions are not notified.
+told (they see the new lists on their next request). Legacy HTTP+SSE streams (each is its session) are watched the
+same way (gateway/transports/legacy_sse.py); WebSocket sessions are not notified (their key is re-checked on every
+frame instead: gateway/transports/websocket.py).
 """
 
 from __future__ import annotations

@@ -69,6 +69,7 @@ class StreamableHttpHandler:
         legacy: LegacySseHandler,
         websocket: WebSocketHandler,
         stdio: StdioForwarder,
+        lists: ListWatch,
     ) -> None:
         self._policy = policy
         self._metrics = metrics
@@ -90,8 +91,7 @@ class StreamableHttpHandler:
         # per-session order of a GET stream and later POSTs (gateway/transports/order.py)
         self.order = SessionOrder()
         # session GET streams told of list changes a reload makes (gateway/transports/listchanged.py)
-        self.lists = ListWatch()
-        self._policy.listeners.append(self.lists.reloaded)
+        self.lists = lists
 
     async def __call__(self, request: web.Request | OwnResponder) -> web.StreamResponse:
         # Host / Origin (DNS rebinding): aiohttp's requests were checked by the exposure middleware

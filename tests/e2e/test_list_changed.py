@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 from mcp import ClientSession, types
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 
 from tests.harness import Gateway, default_policies, metric_sample, running, start_gateway, start_upstream
@@ -121,3 +122,39 @@ async def test_list_changed_after_a_reload_only_for_the_callers_it_changes(tmp_p
                 # notification for either (their scopes did not change)
                 assert [m for m in user_seen if m.endswith("list_changed")] == [TOOLS_CHANGED], user_seen
                 assert [m for m in ops_seen if m.endswith("list_changed")] == [TOOLS_CHANGED], ops_seen
+
+
+async def test_a_legacy_sse_session_is_told_too(tmp_path: Path) -> None:
+    """A legacy (2024-11-05) session's stream carries every server message: a reload that changes its caller's
+    tools list sends `notifications/tools/list_changed` there (the SDK's `sse_client`)."""
+    up = start_upstream(tmp_path, transport="sse")
+    with running(up):
+        policies = default_policies(up.url)
+        policies["servers.yaml"] = {
+            "servers": {"example": {"upstreams": [{"url": up.url}], "owner": "acme", "transport": "sse"}}
+        }
+        gw = start_gateway(
+            tmp_path / "gw", policies, keys={"ops": {"tenant": "acme", "scopes": ["read", "write"], "role": "ops"}}
+        )
+        with running(gw):
+            seen: list[str] = []
+
+            async def on_message(message: Any) -> None:
+                if isinstance(message, types.ServerNotification):
+                    seen.append(message.root.method)
+
+            async with (
+                sse_client(gw.url(), headers=gw.auth("ops")) as (read, write),
+                ClientSession(read, write, message_handler=on_message) as s,
+            ):
+                await s.initialize()
+                assert "add" in await tool_names(s)
+                ops_rule = {"tenant": "acme", "server": "example", "role": "ops", "tools": {"deny": ["add"]}}
+                await reload_with(gw, policies, "access.yaml", {"rules": [ops_rule]})
+
+                async def told() -> bool:
+                    return TOOLS_CHANGED in seen
+
+                await until(told)
+                assert "add" not in await tool_names(s)
+                assert [m for m in seen if m.endswith("list_changed")] == [TOOLS_CHANGED], seen

@@ -1,13 +1,14 @@
-"""A session's GET event stream of an API key revoked afterwards does not stay open: the reload that revokes the key
-(keys.yaml `revoked: true`) ends it, and so does a revocation through the admin API (a PostgreSQL key) on the
-replica that made it, as every later request of the key is refused. Before, the stream went on
-delivering the session's server messages to whoever held the revoked key. Another key's stream is untouched.
+"""A session's GET event stream, or a legacy HTTP+SSE stream, of an API key revoked afterwards does not stay open:
+the reload that revokes the key (keys.yaml `revoked: true`) ends it, and so does a revocation through the admin API
+(a PostgreSQL key) on the replica that made it, as every later request of the key is refused. Before, the stream
+went on delivering the session's server messages to whoever held the revoked key. Another key's stream is untouched.
 
 Raw HTTP (aiohttp) against the SDK example upstream through a real gateway process."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -109,3 +110,44 @@ async def test_a_get_stream_of_a_key_revoked_through_the_admin_api_is_ended(tmp_
                 while await stream.content.readany():
                     pass
             stream.release()
+
+
+async def _open_legacy_stream(http: aiohttp.ClientSession, gw: Gateway, key: str) -> aiohttp.ClientResponse:
+    stream = await http.get(gw.url("legacy"), headers={**gw.auth(key), "Accept": "text/event-stream"})
+    assert stream.status == 200, await stream.text()
+    seen = b""
+    async with asyncio.timeout(GUARD):
+        while b"event: endpoint" not in seen:  # the session exists once its endpoint is named
+            chunk = await stream.content.readany()
+            assert chunk, seen
+            seen += chunk
+    return stream
+
+
+async def test_a_legacy_sse_stream_of_a_key_revoked_by_a_reload_is_ended(tmp_path: Path) -> None:
+    """A legacy (2024-11-05) stream is its session: it carries every answer, so a revoked key's stream must end too
+    (red team: it stayed open)."""
+    up = start_upstream(tmp_path, transport="sse")
+    policies = default_policies(up.url)
+    policies["servers.yaml"] = {
+        "servers": {"legacy": {"upstreams": [{"url": up.url}], "owner": "acme", "transport": "sse"}}
+    }
+    policies["tenants.yaml"] = {"tenants": {"acme": {"servers": ["legacy"]}}}
+    keys = {"alice": {"tenant": "acme", "scopes": ["read"]}, "bob": {"tenant": "acme", "scopes": ["read"]}}
+    gw = start_gateway(tmp_path / "gw", policies, keys=keys)
+    with running(gw, up):
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None)) as http:
+            alice = await _open_legacy_stream(http, gw, "alice")
+            bob = await _open_legacy_stream(http, gw, "bob")
+            _revoke(gw, "alice")
+            async with asyncio.timeout(GUARD):
+                while await alice.content.readany():
+                    pass
+            alice.release()
+            assert not bob.content.at_eof()  # the other key's stream is still open
+            async with http.get(gw.url("legacy"), headers={**gw.auth("alice"), "Accept": "text/event-stream"}) as r:
+                assert r.status == 401 and (await r.json())["error"]["data"]["reason"] == "key_revoked"
+            bob.release()
+    records = [json.loads(line) for line in (gw.workdir / "audit.jsonl").read_text().splitlines()]
+    ended = [r for r in records if r.get("key_id") == "alice" and r.get("http_method") == "GET"]
+    assert [r["notes"].get("stream_error") for r in ended if r["http_status"] == 200] == ["credential_gone"]
