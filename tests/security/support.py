@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import asyncpg
+import psutil
 from aiohttp import web
 from multidict import CIMultiDict
 
@@ -26,7 +27,7 @@ from gateway.db.migrate import migrate
 from gateway.db.scratch import with_db
 from tests.conftest import SHARED_PG_DSN, SHARED_REDIS_URL
 from tests.conftest import _require as require
-from tests.harness import PYTHON, Proc, ThreadedApp, free_port, wait_port
+from tests.harness import PYTHON, Gateway, Proc, ThreadedApp, free_port, wait_port
 
 GUARD = 15.0  # hang guard for one read, never a timing assertion
 STATUS_LINE = re.compile(r"^HTTP/(1\.[01]) (\d{3}) (.*)$")
@@ -320,3 +321,19 @@ def logged(fmt: str, emit: Callable[[], None]) -> str:
         structlog.configure(**saved)
         root.handlers[:], root.level = handlers, root_level
     return buf.getvalue()
+
+
+# ----------------------------------------------------------------------------------------- a gateway under test
+
+
+def gateway_rss(gw: Gateway) -> int:
+    """The gateway process's resident memory, in bytes."""
+    return int(psutil.Process(gw.proc.pid).memory_info().rss)
+
+
+def audit_records(gw: Gateway) -> list[dict[str, Any]]:
+    """What the gateway's file audit sink holds so far (none before its first batch)."""
+    path = gw.workdir / "audit.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_bytes().splitlines() if line.strip()]

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 import pytest
 
 from gateway import bounds
@@ -33,7 +32,7 @@ from gateway.logging import AccessLog
 from gateway.policy.servers import ServerPolicy
 from gateway.settings import AuditRiskRules
 from tests.harness import Gateway, default_policies, running, start_gateway, start_upstream
-from tests.security.support import logged
+from tests.security.support import audit_records, gateway_rss, logged
 
 MIB = 1024 * 1024
 BIG = 2 * MIB  # the size of each hostile string (the finding used 2 MB method names)
@@ -108,21 +107,10 @@ async def _round(http: httpx.AsyncClient, gw: Gateway, n0: int, auth: dict[str, 
     return statuses
 
 
-def _rss(gw: Gateway) -> int:
-    return int(psutil.Process(gw.proc.pid).memory_info().rss)
-
-
-def _audit(gw: Gateway) -> list[dict[str, Any]]:
-    path = gw.workdir / "audit.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-
-
 async def _settled_rss(gw: Gateway) -> int:
     # the audit writer builds records in the background: let it catch up before reading the memory
     await asyncio.sleep(1.0)
-    return _rss(gw)
+    return gateway_rss(gw)
 
 
 @pytest.mark.e2e
@@ -174,7 +162,7 @@ async def test_refused_megabyte_values_are_audited_cut_with_their_length(gateway
         assert r.status_code == 401  # no credential at all
     deadline = time.monotonic() + 20
     while True:
-        records = {rec["request_id"]: rec for rec in _audit(gw) if str(rec["request_id"]).startswith("bounds-")}
+        records = {rec["request_id"]: rec for rec in audit_records(gw) if str(rec["request_id"]).startswith("bounds-")}
         if len(records) == len(KINDS) + 1 or time.monotonic() > deadline:
             break
         await asyncio.sleep(0.1)

@@ -15,13 +15,12 @@ import contextlib
 import json
 import socket
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
-import psutil
 import pytest
 
 from tests.harness import PYTHON, ROOT, Gateway, metric_sample, running, start_gateway
+from tests.security.support import audit_records, gateway_rss
 
 pytestmark = pytest.mark.e2e
 
@@ -67,17 +66,6 @@ def _events(gw: Gateway) -> str:
     return path.read_text() if path.exists() else ""
 
 
-def _rss(gw: Gateway) -> int:
-    return int(psutil.Process(gw.proc.pid).memory_info().rss)
-
-
-def _audit(gw: Gateway) -> list[dict[str, Any]]:
-    path = gw.workdir / "audit.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-
-
 async def _session(http: httpx.AsyncClient, gw: Gateway) -> dict[str, str]:
     r = await http.post(gw.url("flood"), json=INIT)
     assert r.status_code == 200, r.text
@@ -114,13 +102,13 @@ async def test_a_client_that_does_not_read_is_cut_off_and_memory_stays_bounded(g
     async with httpx.AsyncClient(headers={**gw.auth("k"), **ACCEPT}, timeout=60) as http:
         hdrs = await _session(http, gw)
         await asyncio.sleep(1.0)
-        warm = _rss(gw)
+        warm = gateway_rss(gw)
         sock = await _post_and_never_read(gw, hdrs)
         try:
             peak = warm
             async with asyncio.timeout(120):
                 while True:
-                    peak = max(peak, _rss(gw))
+                    peak = max(peak, gateway_rss(gw))
                     assert peak - warm < GROWTH_BOUND, f"gateway RSS grew {(peak - warm) / MIB:.0f} MiB"
                     text = (await http.get(f"{gw.base}/metrics")).text
                     if metric_sample(text, "mcp_gateway_stdio_slow_clients_total", server="flood") >= 1:
@@ -129,10 +117,10 @@ async def test_a_client_that_does_not_read_is_cut_off_and_memory_stays_bounded(g
             # the request was cancelled at the process: the server stops writing long before its 256 messages
             async with asyncio.timeout(60):
                 while "cancelled flood" not in _events(gw):
-                    peak = max(peak, _rss(gw))
+                    peak = max(peak, gateway_rss(gw))
                     await asyncio.sleep(0.2)
             for _ in range(5):
-                peak = max(peak, _rss(gw))
+                peak = max(peak, gateway_rss(gw))
                 await asyncio.sleep(0.2)
             assert "flooded" not in _events(gw)
         finally:
@@ -152,7 +140,7 @@ async def test_a_client_that_does_not_read_is_cut_off_and_memory_stays_bounded(g
 
     # audited, and not blamed on the server
     async with asyncio.timeout(30):
-        while not [r for r in _audit(gw) if r.get("rpc_id") == "flood-1"]:
+        while not [r for r in audit_records(gw) if r.get("rpc_id") == "flood-1"]:
             await asyncio.sleep(0.2)
-    (record,) = [r for r in _audit(gw) if r.get("rpc_id") == "flood-1"]
+    (record,) = [r for r in audit_records(gw) if r.get("rpc_id") == "flood-1"]
     assert record["notes"]["stream_error"] == "client_too_slow", record
