@@ -32,6 +32,30 @@ def _refuse(message: str, reason: str) -> Unauthenticated:
     return Unauthenticated(message, reason=reason)
 
 
+def decode_or_refuse(token: str, key: Any, **decode: Any) -> dict[str, Any]:
+    """`jwt.decode`, each PyJWT failure turned into the gateway's 401 with a stable reason: one mapping for every
+    token the gateway verifies (an identity provider's JWTs, its own OAuth access tokens in gateway/oauth/)."""
+    try:
+        claims: dict[str, Any] = jwt.decode(token, key, **decode)
+    except jwt.ExpiredSignatureError:
+        raise _refuse("token expired", "token_expired") from None
+    except jwt.ImmatureSignatureError:
+        raise _refuse("token not yet valid", "token_not_yet_valid") from None
+    except jwt.InvalidAudienceError:
+        raise _refuse("token was not issued for this route", "wrong_audience") from None
+    except jwt.InvalidIssuerError:
+        raise _refuse("token issuer not accepted", "wrong_issuer") from None
+    except jwt.MissingRequiredClaimError as exc:
+        raise _refuse(f"token lacks the {exc.claim!r} claim", "missing_claim") from None
+    except jwt.InvalidSignatureError:
+        raise _refuse("token signature does not verify", "bad_signature") from None
+    except jwt.InvalidAlgorithmError:
+        raise _refuse("token algorithm not allowed on this route", "alg_not_allowed") from None
+    except (jwt.InvalidTokenError, jwt.PyJWKError, ValueError, TypeError):
+        raise _refuse("token is invalid", "invalid_token") from None
+    return claims
+
+
 class JwtVerifier:
     def __init__(self, policy: JwtPolicy, audience: str, hs_secret: bytes | None, jwks: JwksCache | None) -> None:
         self._policy = policy
@@ -69,32 +93,15 @@ class JwtVerifier:
             key = await self._jwks.key(kid, alg)
             if key is None:
                 raise _refuse("no signing key for this token's kid", "unknown_kid")
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                key,
-                algorithms=[alg],
-                audience=self._audience,
-                issuer=self._policy.issuer,
-                leeway=self._policy.leeway_seconds,
-                options=self._options,  # type: ignore[arg-type]
-            )
-        except jwt.ExpiredSignatureError:
-            raise _refuse("token expired", "token_expired") from None
-        except jwt.ImmatureSignatureError:
-            raise _refuse("token not yet valid", "token_not_yet_valid") from None
-        except jwt.InvalidAudienceError:
-            raise _refuse("token was not issued for this route", "wrong_audience") from None
-        except jwt.InvalidIssuerError:
-            raise _refuse("token issuer not accepted", "wrong_issuer") from None
-        except jwt.MissingRequiredClaimError as exc:
-            raise _refuse(f"token lacks the {exc.claim!r} claim", "missing_claim") from None
-        except jwt.InvalidSignatureError:
-            raise _refuse("token signature does not verify", "bad_signature") from None
-        except jwt.InvalidAlgorithmError:
-            raise _refuse("token algorithm not allowed on this route", "alg_not_allowed") from None
-        except (jwt.InvalidTokenError, jwt.PyJWKError, ValueError, TypeError):
-            raise _refuse("token is invalid", "invalid_token") from None
+        claims = decode_or_refuse(
+            token,
+            key,
+            algorithms=[alg],
+            audience=self._audience,
+            issuer=self._policy.issuer,
+            leeway=self._policy.leeway_seconds,
+            options=self._options,
+        )
         return self._principal(claims)
 
     def _principal(self, claims: dict[str, Any]) -> Principal:

@@ -19,6 +19,7 @@ import jwt
 
 from gateway.auth.keyrecord import KeyRecord
 from gateway.auth.principal import Principal
+from gateway.auth.tokens import decode_or_refuse
 from gateway.errors import Unauthenticated
 from gateway.oauth.model import Grant, key_fingerprint
 from gateway.oauth.signing import ALGORITHM, SigningKey
@@ -89,28 +90,15 @@ class AccessTokens:
         if header.get("alg") != ALGORITHM or header.get("typ") != TOKEN_TYPE:
             raise _refuse("token algorithm or type not allowed", "alg_not_allowed")
         options: dict[str, Any] = {"require": ["exp", "iss", "aud", "sub"], "verify_aud": audience is not None}
-        try:
-            return jwt.decode(
-                token,
-                self._public,
-                algorithms=[ALGORITHM],
-                audience=audience,
-                issuer=self.issuer,
-                leeway=LEEWAY,
-                options=options,  # type: ignore[arg-type]
-            )
-        except jwt.ExpiredSignatureError:
-            raise _refuse("token expired", "token_expired") from None
-        except jwt.InvalidAudienceError:
-            raise _refuse("token was not issued for this route", "wrong_audience") from None
-        except jwt.InvalidIssuerError:
-            raise _refuse("token issuer not accepted", "wrong_issuer") from None
-        except jwt.MissingRequiredClaimError as exc:
-            raise _refuse(f"token lacks the {exc.claim!r} claim", "missing_claim") from None
-        except jwt.InvalidSignatureError:
-            raise _refuse("token signature does not verify", "bad_signature") from None
-        except (jwt.InvalidTokenError, ValueError, TypeError):
-            raise _refuse("token is invalid", "invalid_token") from None
+        return decode_or_refuse(
+            token,
+            self._public,
+            algorithms=[ALGORITHM],
+            audience=audience,
+            issuer=self.issuer,
+            leeway=LEEWAY,
+            options=options,
+        )
 
     async def verify(self, token: str, audience: str, client_ip: str, lookup: KeyLookup) -> Principal:
         claims = self.claims(token, audience)
