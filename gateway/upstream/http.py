@@ -340,7 +340,7 @@ class HttpForwarder:
             if not chunk:
                 return
             ctx.bytes_out += len(chunk)
-            tail = (tail + chunk)[-4:]
+            tail = (tail + chunk[-4:])[-4:]  # the last 4 bytes only: no copy of the whole chunk
             await out.write(chunk)
 
     async def _relay_sse_transformed(
