@@ -5,6 +5,8 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 
+from multidict import CIMultiDictProxy
+
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -35,3 +37,12 @@ class ClientIpResolver:
             if not self._is_trusted(hop):
                 return hop
         return hops[0] if hops else peer
+
+
+def forwarded_for(headers: CIMultiDictProxy[str]) -> str | None:
+    """Every X-Forwarded-For line of the request as one list. A proxy may add a line of its own instead of appending
+    to the client's: reading only the first line took the client's own (forged) value as the chain (red team)."""
+    lines = headers.getall("X-Forwarded-For", [])
+    if not lines:
+        return None
+    return lines[0] if len(lines) == 1 else ",".join(lines)

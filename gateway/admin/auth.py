@@ -12,7 +12,7 @@ from aiohttp import web
 
 from gateway.admin.problem import render_problem
 from gateway.auth.principal import Principal
-from gateway.clientip import ClientIpResolver
+from gateway.clientip import ClientIpResolver, forwarded_for
 from gateway.context import RequestContext
 from gateway.errors import Forbidden, GatewayError
 from gateway.policy.servers import ADMIN_SERVER
@@ -29,7 +29,7 @@ async def require_admin(request: web.Request, policy: PolicyStore, client_ip: Cl
         server_name=ADMIN_SERVER,
         server=None,
         # the same address the MCP routes see, so a key's IP allowlist means the same thing here
-        client_ip=client_ip.resolve(request.remote, request.headers.get("X-Forwarded-For")),
+        client_ip=client_ip.resolve(request.remote, forwarded_for(request.headers)),
         transport="admin",
         http_method=request.method,
         request=request,

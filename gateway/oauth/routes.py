@@ -15,6 +15,7 @@ from aiohttp import web
 
 from gateway.audit.record import AuditEvent
 from gateway.bounds import RPC_ID_MAX, bound
+from gateway.clientip import forwarded_for
 from gateway.compose import GATEWAY
 from gateway.errors import GatewayError
 from gateway.oauth import forms, pages
@@ -100,7 +101,7 @@ def audited(
     async def handle(request: web.Request) -> web.StreamResponse:
         svc = _service(request)
         t0 = time.perf_counter()
-        address = svc.client_ip.resolve(request.remote, request.headers.get("X-Forwarded-For"))
+        address = svc.client_ip.resolve(request.remote, forwarded_for(request.headers))
         event = AuditEvent(
             ts_us=0,
             started_us=int(time.time() * 1_000_000),

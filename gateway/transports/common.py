@@ -13,7 +13,7 @@ from gateway import protocol_era
 from gateway.admin.problem import render_problem
 from gateway.audit.answers import link_context
 from gateway.chain import Chain, note_refusal
-from gateway.clientip import ClientIpResolver
+from gateway.clientip import ClientIpResolver, forwarded_for
 from gateway.context import RequestContext
 from gateway.errors import BodyTooLarge, GatewayError, render_error
 from gateway.jsonrpc import best_effort_id, parse_message
@@ -135,7 +135,7 @@ class ContextFactory:
             snapshot=snapshot,
             server_name=server_name,
             server=server,
-            client_ip=self._client_ip.resolve(request.remote, headers.get("X-Forwarded-For")),
+            client_ip=self._client_ip.resolve(request.remote, forwarded_for(headers)),
             transport=transport,
             http_method=request.method,
             request=request,
