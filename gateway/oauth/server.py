@@ -165,7 +165,11 @@ class OAuthServer:
         if method not in AUTH_METHODS:
             raise OAuthError("invalid_client_metadata", f"unsupported auth method {method!r}", reason="bad_metadata")
         grants = body.get("grant_types") or ["authorization_code", "refresh_token"]
-        if not isinstance(grants, list) or not set(grants) <= {"authorization_code", "refresh_token"}:
+        if (
+            not isinstance(grants, list)
+            or not all(isinstance(g, str) for g in grants)  # a JSON object in the list is unhashable: a 500 before
+            or not set(grants) <= {"authorization_code", "refresh_token"}
+        ):
             raise OAuthError(
                 "invalid_client_metadata", "grant_types: authorization_code, refresh_token", reason="bad_metadata"
             )
