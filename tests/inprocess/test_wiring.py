@@ -104,4 +104,4 @@ async def test_refusals_outside_the_chain_are_well_formed_and_audited(
         assert body["jsonrpc"] == "2.0" and body["error"]["code"] < 0
         record = await _record_of(tmp_path / "gateway-1" / "audit.jsonl", rid)
         assert record["http_status"] == resp.status
-    assert (unknown.status, expect.status) == (404, 417)
+    assert (unknown.status, expect.status, host.status) == (404, 417, 421)

@@ -95,7 +95,7 @@ def test_python_sdk_finds_nothing_to_discover_in_the_challenge() -> None:
     urls: Any = build_protected_resource_metadata_discovery_urls(
         extract_resource_metadata_from_www_auth(resp), "https://gw.example/mcp/r"
     )
-    assert all("/.well-known/oauth-protected-resource" in u for u in urls)
+    assert urls and all("/.well-known/oauth-protected-resource" in u for u in urls)
     # while the OAuth route's challenge does point the SDK at metadata
     oauth = _sdk_response('Bearer resource_metadata="https://gw.example/.well-known/oauth-protected-resource/mcp/o"')
     assert extract_resource_metadata_from_www_auth(oauth) == (
