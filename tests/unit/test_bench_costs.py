@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import sys
-import time
 from typing import Any
 
 import orjson
@@ -101,9 +100,9 @@ def test_no_audit_is_the_log_sink_without_records() -> None:
     assert audit.sink == "log" and audit.log_records is False
 
 
+@pytest.mark.timeout(30)  # a 60 s child outliving its 0.5 s deadline would hang here: the hang guard, not a timing
 def test_run_bounded_kills_what_outlives_its_deadline() -> None:
-    t0 = time.monotonic()
     code, _, _ = run_bounded([sys.executable, "-c", "import time; time.sleep(60)"], timeout=0.5)
-    assert code is None and time.monotonic() - t0 < 15
+    assert code is None  # killed, not exited
     code, out, _ = run_bounded([sys.executable, "-c", "print('{\"ok\": 1}')"], timeout=30)
     assert code == 0 and out.strip() == '{"ok": 1}'
