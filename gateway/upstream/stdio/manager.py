@@ -204,7 +204,8 @@ class StdioManager:
         self._reserve(owner, policy)
         try:
             await self._wait_backoff(owner)
-            spec = launch_spec(policy, base_dir)
+            # secret files read, PATH searched, the working directory checked: file system calls, off the loop
+            spec = await asyncio.to_thread(launch_spec, policy, base_dir)
             mux = Mux(shared=shared)
             holder: list[Worker] = []
 
