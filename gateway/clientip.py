@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -39,9 +39,12 @@ class ClientIpResolver:
         return hops[0] if hops else peer
 
 
-def forwarded_for(headers: CIMultiDictProxy[str]) -> str | None:
+def forwarded_for(headers: Mapping[str, str]) -> str | None:
     """Every X-Forwarded-For line of the request as one list. A proxy may add a line of its own instead of appending
     to the client's: reading only the first line took the client's own (forged) value as the chain (red team)."""
+    if not isinstance(headers, CIMultiDictProxy | CIMultiDict):
+        # a plain mapping (aiohttp's stand-in request for a head it could not parse) holds one line at most
+        return headers.get("X-Forwarded-For")
     lines = headers.getall("X-Forwarded-For", [])
     if not lines:
         return None

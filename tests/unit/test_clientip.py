@@ -4,8 +4,9 @@ only back to the first hop that is not one; a malformed chain is not believed at
 from __future__ import annotations
 
 import pytest
+from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.clientip import ClientIpResolver
+from gateway.clientip import ClientIpResolver, forwarded_for
 
 pytestmark = pytest.mark.unit
 
@@ -49,3 +50,13 @@ def test_ipv6_proxies_and_clients() -> None:
 def test_an_unknown_or_unparsable_peer_is_never_trusted() -> None:
     assert PROXIES.resolve(None, "198.51.100.7") == "0.0.0.0"
     assert PROXIES.resolve("unix-socket", "198.51.100.7") == "unix-socket"
+
+
+def test_forwarded_for_joins_every_line_and_takes_plain_mappings() -> None:
+    two = CIMultiDict([("X-Forwarded-For", "203.0.113.7"), ("X-Forwarded-For", "198.51.100.1")])
+    assert forwarded_for(CIMultiDictProxy(two)) == "203.0.113.7,198.51.100.1"
+    assert forwarded_for(CIMultiDict([("X-Forwarded-For", "203.0.113.7")])) == "203.0.113.7"
+    assert forwarded_for(CIMultiDict()) is None
+    # aiohttp answers a head it could not parse with a stand-in request whose headers are a plain dict
+    assert forwarded_for({"X-Forwarded-For": "192.0.2.1"}) == "192.0.2.1"
+    assert forwarded_for({}) is None
