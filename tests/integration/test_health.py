@@ -73,7 +73,9 @@ async def until(cond: Callable[[], bool], timeout: float) -> None:
 
 async def test_mcp_checks_follow_thresholds(tmp_path: Path, upstreams: dict[str, Upstream]) -> None:
     good, faulty = upstreams["good"], upstreams["faulty"]
-    health = {"interval": 60, "timeout": 1, "healthy_threshold": 2, "unhealthy_threshold": 2}
+    # the background loop stays off: its first check (within a second of start) could land between this test's
+    # checks under load and reset the consecutive counts it is counting
+    health = {"enabled": False, "timeout": 1, "healthy_threshold": 2, "unhealthy_threshold": 2}
     snap = snapshot(
         tmp_path,
         {
@@ -87,6 +89,7 @@ async def test_mcp_checks_follow_thresholds(tmp_path: Path, upstreams: dict[str,
     mon.sync(snap)
     await mon.start()
     try:
+        assert mon.running_checks() == set()  # only the checks below are counted
         assert await mon.check_once("good", good.url)
         st = mon.state("good", good.url)
         assert st is not None and st.status == "healthy" and st.last_latency is not None
@@ -122,10 +125,17 @@ async def test_http_and_stateless_kinds_and_a_dead_port(tmp_path: Path, upstream
     snap = snapshot(
         tmp_path,
         {
-            "stats": {"upstreams": [{"url": faulty.url}], "health": {"kind": "http", "path": "/stats"}},
-            "nopath": {"upstreams": [{"url": faulty.url}], "health": {"kind": "http", "path": "/nope"}},
-            "modern": {"upstreams": [{"url": good.url}], "health": {"kind": "stateless"}},
-            "dead": {"upstreams": [{"url": dead}], "health": {"timeout": 1}},
+            # background loops off (enabled: False): only this test's checks write each instance's last error
+            "stats": {
+                "upstreams": [{"url": faulty.url}],
+                "health": {"enabled": False, "kind": "http", "path": "/stats"},
+            },
+            "nopath": {
+                "upstreams": [{"url": faulty.url}],
+                "health": {"enabled": False, "kind": "http", "path": "/nope"},
+            },
+            "modern": {"upstreams": [{"url": good.url}], "health": {"enabled": False, "kind": "stateless"}},
+            "dead": {"upstreams": [{"url": dead}], "health": {"enabled": False, "timeout": 1}},
         },
     )
     mon = monitor()
