@@ -101,6 +101,7 @@ def build_app(settings: Settings) -> web.Application:
         forwarder=gw.forwarder,
         credentials=gw.credentials,
         in_flight=gw.transports.in_flight,
+        order=gw.transports.order,
         legacy=legacy,
         websocket=websocket,
         stdio=gw.stdio.forwarder,

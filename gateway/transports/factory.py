@@ -1,5 +1,5 @@
 """Factory of the transports' shared state: the session store (memory or Redis), the legacy SSE stream registry and
-event bus, the per-session in-flight ids, transport metrics. The routes themselves are added by gateway/app.py.
+event bus, the per-session in-flight ids and order, transport metrics. The routes are added by gateway/app.py.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from gateway.settings import Settings
 from gateway.transports.inflight import SessionInFlight
 from gateway.transports.legacy_bus import LegacyEventBus
 from gateway.transports.metrics import TransportMetrics
+from gateway.transports.order import SessionOrder
 from gateway.upstream.legacy_sse import LiveStreams
 
 
@@ -27,6 +28,8 @@ class TransportState:
     sessions: SessionStore
     live_streams: LiveStreams
     in_flight: SessionInFlight
+    # per-session order of a GET stream and later POSTs (gateway/transports/order.py)
+    order: SessionOrder
     # legacy SSE events for a stream held by another worker (Redis only)
     bus: LegacyEventBus | None
 
@@ -74,5 +77,7 @@ def build_transports(
         lifecycles.append(Lifecycle("legacy event bus", start_bus, started_bus.stop))
     else:
         store = MemorySessionStore(ttl, caps=caps)
-    state = TransportState(metrics, store, live, SessionInFlight(), bus)
+    waits = metrics.first_get_waits
+    order = SessionOrder(on_first_get=lambda arrived: waits.labels("arrived" if arrived else "timeout").inc())
+    state = TransportState(metrics, store, live, SessionInFlight(), order, bus)
     return state, tuple(lifecycles)

@@ -1,4 +1,4 @@
-"""Transport metrics (legacy SSE streams, WebSocket connections and messages, session store health).
+"""Transport metrics (legacy SSE streams, WebSocket connections and messages, session order, session store health).
 
 Labels are bounded: server names come from policy, directions and ops are fixed sets.
 """
@@ -39,6 +39,14 @@ class TransportMetrics:
             "WebSocket text frames relayed, by direction (in: client to upstream, out: upstream to client) "
             "and result (relayed or refused)",
             ["server", "direction", "result"],
+            registry=registry,
+        )
+        self.first_get_waits = Counter(
+            "mcp_gateway_session_order_first_get_waits_total",
+            "First request POSTs of a session that reached the gateway before the session's expected GET stream and "
+            "waited for it, by result (arrived: the GET came and was opened upstream first; timeout: it did not "
+            "come within 250 ms, the POST went on)",
+            ["result"],
             registry=registry,
         )
         self.session_store_errors = Counter(

@@ -24,6 +24,14 @@ Keys and bounds (everything a client controls is bounded):
   (counted in `skipped`), so nothing is refused for it and no memory or connection is held for it;
 - a waiting POST holds no upstream connection (it waits before asking for one).
 
+A POST that reaches the gateway before the session's GET (the two leave the client within a millisecond; the POST
+usually rides a kept-alive connection, the GET a new one) is not ordered by tickets. So a session whose client
+declared it can answer server-to-client requests (sampling, elicitation, roots) is *expected* to open a GET stream
+for EXPECT_SECONDS after `initialize`: its first request POST in that time waits, at most FIRST_GET_SECONDS, for
+the GET to arrive, then for it to be open upstream as above. If no GET arrives in time the expectation is dropped,
+so a client that never opens a GET (or opens it on another replica) pays that wait once per session. Expectations
+are bounded (MAX_EXPECTED, oldest dropped first) and keyed like tickets: only the session's owner's GET meets it.
+
 The order holds within one gateway process: with several replicas, a GET and a POST that land on different replicas
 are not ordered (docs/transports.md).
 """
@@ -32,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 
 # how long a POST waits, at most, for an earlier GET of its session to be open upstream (seconds after the GET
 # arrived): an upstream answers a GET's headers in milliseconds; this only bounds a slow or stuck one
@@ -42,6 +51,12 @@ MAX_KEYS = 10_000
 # a GET holds its ticket only until the upstream answered its headers, so even a caller with many sessions has few
 MAX_KEYS_PER_CALLER = 64
 MAX_WAITERS = 10_000
+
+# how long after `initialize` a session's client is expected to open its GET stream, and how long its first request
+# POST waits for that GET to arrive: the SDK clients open it right after `notifications/initialized`
+EXPECT_SECONDS = 5.0
+FIRST_GET_SECONDS = 0.25
+MAX_EXPECTED = 10_000
 
 # (server, session id, caller's binding id)
 Key = tuple[str, str, str]
@@ -80,9 +95,26 @@ class _Entry:
 
 
 class SessionOrder:
-    def __init__(self, wait_seconds: float = ORDER_WAIT_SECONDS) -> None:
+    def __init__(
+        self,
+        wait_seconds: float = ORDER_WAIT_SECONDS,
+        first_get_seconds: float = FIRST_GET_SECONDS,
+        expect_seconds: float = EXPECT_SECONDS,
+        on_first_get: Callable[[bool], None] | None = None,
+    ) -> None:
         self.wait_seconds = wait_seconds
+        self.first_get_seconds = first_get_seconds
+        self.expect_seconds = expect_seconds
         self._entries: dict[Key, _Entry] = {}
+        # sessions whose GET is expected soon -> until when (perf_counter); insertion order is deadline order
+        self._expected: dict[Key, float] = {}
+        # POSTs waiting for the expected GET to arrive
+        self._arrivals: dict[Key, list[asyncio.Future[None]]] = {}
+        # first POSTs that waited for a GET to arrive, and those whose GET did not come in time
+        self.first_get_waits = 0
+        self.first_get_timeouts = 0
+        # told of each first-GET wait's end: True when the GET arrived (the transport metrics' counter)
+        self._on_first_get = on_first_get
         # keys per caller (the key's binding id), for MAX_KEYS_PER_CALLER
         self._per_caller: dict[str, int] = {}
         self.waiting = 0
@@ -93,8 +125,27 @@ class SessionOrder:
     def keys(self) -> int:
         return len(self._entries)
 
+    def expect_stream(self, key: Key) -> None:
+        """The session was just created for a client that can answer server-to-client requests: its first request
+        POSTs wait a moment for its GET (see the module's docstring)."""
+        now = time.perf_counter()
+        expected = self._expected
+        while expected:
+            oldest = next(iter(expected))
+            if expected[oldest] > now and len(expected) < MAX_EXPECTED:
+                break
+            del expected[oldest]
+        expected[key] = now + self.expect_seconds
+
     def opening(self, key: Key, arrived: float) -> Ticket | None:
         """A GET of the session is on its way upstream: its ticket, or None when a bound is reached."""
+        if self._expected:
+            self._expected.pop(key, None)
+        if self._arrivals:
+            # the POSTs waiting for this GET to arrive resume after this call, when its ticket is in place
+            for fut in self._arrivals.pop(key, ()):
+                if not fut.done():
+                    fut.set_result(None)
         entry = self._entries.get(key)
         if entry is None:
             caller = key[2]
@@ -110,6 +161,11 @@ class SessionOrder:
         ticket = Ticket(self, key, entry, arrived)
         entry.tickets.append(ticket)
         return ticket
+
+    @property
+    def expecting(self) -> bool:
+        """Some session's GET is expected (a cheap test before `wait_for_first_get`)."""
+        return bool(self._expected)
 
     async def wait_for_earlier(self, key: Key, arrived: float) -> None:
         """Wait until every GET of the session that arrived before `arrived` is open upstream (or failed), each at
@@ -147,6 +203,49 @@ class SessionOrder:
             entry.waiting -= 1
             self.waiting -= 1
             self._forget_if_empty(key, entry)
+
+    async def wait_for_first_get(self, key: Key, arrived: float) -> float:
+        """A request POST of a session whose GET is expected: wait, at most `first_get_seconds`, for that GET to
+        arrive. Returns the time from which a GET counts as earlier than this POST (for `wait_for_earlier`)."""
+        deadline = self._expected.get(key)
+        if deadline is None:
+            return arrived
+        now = time.perf_counter()
+        if now >= deadline:
+            del self._expected[key]
+            return arrived
+        waiters = self._arrivals.setdefault(key, [])
+        if len(waiters) >= MAX_WAITERS_PER_SESSION or self.waiting >= MAX_WAITERS:
+            self.skipped += 1
+            if not waiters:
+                del self._arrivals[key]
+            return arrived
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiters.append(fut)
+        self.waiting += 1
+        self.first_get_waits += 1
+        try:
+            async with asyncio.timeout(min(self.first_get_seconds, deadline - now)):
+                await fut
+        except TimeoutError:
+            # no GET on this process: the session's later POSTs go on at once
+            self._expected.pop(key, None)
+            self.first_get_timeouts += 1
+            if self._on_first_get is not None:
+                self._on_first_get(False)
+            return arrived
+        finally:
+            self.waiting -= 1
+            left = self._arrivals.get(key)
+            if left is not None:
+                if fut in left:
+                    left.remove(fut)
+                if not left:
+                    del self._arrivals[key]
+        if self._on_first_get is not None:
+            self._on_first_get(True)
+        # the GET arrived meanwhile: it counts as earlier than this POST
+        return time.perf_counter()
 
     def opened(self, key: Key, arrived: float) -> None:
         """The GET that arrived at `arrived` is open upstream, or failed: settle its ticket."""

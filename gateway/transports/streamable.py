@@ -16,6 +16,7 @@ from gateway.chain import Chain
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound
 from gateway.hosts import HostPolicy, refusal_notes
+from gateway.jsonrpc import Kind
 from gateway.metrics import GatewayMetrics
 from gateway.policy.store import PolicyStore
 from gateway.responder import OwnResponder, answers_itself
@@ -66,6 +67,7 @@ class StreamableHttpHandler:
         forwarder: HttpForwarder,
         credentials: UpstreamCredentials,
         in_flight: SessionInFlight,
+        order: SessionOrder,
         legacy: LegacySseHandler,
         websocket: WebSocketHandler,
         stdio: StdioForwarder,
@@ -89,7 +91,7 @@ class StreamableHttpHandler:
         self._legacy = legacy
         self._websocket = websocket
         # per-session order of a GET stream and later POSTs (gateway/transports/order.py)
-        self.order = SessionOrder()
+        self.order = order
         # session GET streams told of list changes a reload makes (gateway/transports/listchanged.py)
         self.lists = lists
 
@@ -202,7 +204,11 @@ class StreamableHttpHandler:
         order_key = (ctx.server_name, ctx.session_id or "", binding.principal) if binding is not None else None
         if order_key is not None and ctx.http_method == "POST":
             # the caller owns the session (checked above): a GET of it that arrived first is open upstream first
-            await self.order.wait_for_earlier(order_key, ctx.started)
+            order, arrived = self.order, ctx.started
+            if order.expecting and _carries_request(ctx):
+                # the session's GET may reach the gateway a moment after this POST (gateway/transports/order.py)
+                arrived = await order.wait_for_first_get(order_key, arrived)
+            await order.wait_for_earlier(order_key, arrived)
         message = ctx.message
         if message is not None:
             if ctx.session_binding is not None:
@@ -238,6 +244,9 @@ class StreamableHttpHandler:
             if reservation is not None and new_session and 200 <= resp.status < 300 and opener is forwarder:
                 # the new session's GET stream will find an upstream connection ready
                 forwarder.prewarm_stream(server, url)
+                if ctx.principal is not None and _answers_server_requests(ctx):
+                    # its first request POST waits a moment for the GET the client is about to open
+                    self.order.expect_stream((ctx.server_name, new_session, ctx.principal.binding_id))
         except BaseException:
             # relay() owns the response from here on; before it, a failure (the client leaving, a store error) must
             # still give the upstream connection back rather than leave it to the garbage collector
@@ -255,3 +264,21 @@ class StreamableHttpHandler:
                 timer = asyncio.get_running_loop().call_later(max(0.0, expires_at - time.time()), inbox.close)
                 ctx.releases.append(timer.cancel)
         return await forwarder.relay(ctx, ctx.request, resp, inbox=inbox)
+
+
+# a client that declares one of these at `initialize` will be asked questions on its session's GET stream
+_SERVER_REQUEST_CAPABILITIES = ("sampling", "elicitation", "roots")
+
+
+def _answers_server_requests(ctx: RequestContext) -> bool:
+    message = ctx.message
+    if message is None or message.is_batch or not message.envelopes:
+        return False
+    params = message.envelopes[0].params
+    caps = params.get("capabilities") if params is not None else None
+    return isinstance(caps, dict) and any(name in caps for name in _SERVER_REQUEST_CAPABILITIES)
+
+
+def _carries_request(ctx: RequestContext) -> bool:
+    message = ctx.message
+    return message is not None and any(e.kind is Kind.REQUEST for e in message.envelopes)

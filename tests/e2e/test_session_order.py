@@ -22,7 +22,15 @@ import pytest
 from mcp import ClientSession, types
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.harness import Gateway, Upstream, default_policies, running, start_gateway, start_upstream
+from tests.harness import (
+    Gateway,
+    Upstream,
+    default_policies,
+    metric_sample,
+    running,
+    start_gateway,
+    start_upstream,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -78,8 +86,41 @@ class TypeScriptTiming(httpx.AsyncBaseTransport):
         await self._inner.aclose()
 
 
+class PostFirstTiming(httpx.AsyncBaseTransport):
+    """The order tickets cannot settle: the `tools/call` POST reaches the gateway before the session's GET (a client
+    whose GET needs a new connection while its POST rides a kept-alive one). The GET is held until that POST has
+    gone out and follows it POST_LEAD later. The gateway expects the GET of a session whose client declared
+    sampling or elicitation, and holds the first request POST (at most 250 ms) until the GET arrives and is open
+    upstream. Directly the same timing depends on how fast the server asks, so there is no direct control here."""
+
+    def __init__(self) -> None:
+        self._inner = httpx.AsyncHTTPTransport()
+        self._get_gate: asyncio.Event | None = None
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            gate = self._get_gate = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(CALL_TIMEOUT):
+                    await gate.wait()
+            await asyncio.sleep(POST_LEAD)
+        elif request.method == "POST" and self._get_gate is not None and b'"tools/call"' in request.content:
+            self._get_gate.set()
+            self._get_gate = None
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
+
+
+# how far the POST leads the GET in PostFirstTiming: far more than the upstream needs to ask its question
+POST_LEAD = 0.01
+
+
 @contextlib.asynccontextmanager
-async def session(url: str, headers: dict[str, str]) -> AsyncIterator[ClientSession]:
+async def session(
+    url: str, headers: dict[str, str], timing: type[httpx.AsyncBaseTransport] = TypeScriptTiming
+) -> AsyncIterator[ClientSession]:
     async def sampling(ctx: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
         return types.CreateMessageResult(
             role="assistant", content=types.TextContent(type="text", text="sampled"), model="test"
@@ -89,7 +130,7 @@ async def session(url: str, headers: dict[str, str]) -> AsyncIterator[ClientSess
         return types.ElicitResult(action="accept", content={"confirmed": True})
 
     async with (
-        httpx.AsyncClient(headers=headers, timeout=30, transport=TypeScriptTiming()) as http,
+        httpx.AsyncClient(headers=headers, timeout=30, transport=timing()) as http,
         streamable_http_client(url, http_client=http) as (read, write, _),
         ClientSession(read, write, sampling_callback=sampling, elicitation_callback=elicit) as s,
     ):
@@ -97,12 +138,17 @@ async def session(url: str, headers: dict[str, str]) -> AsyncIterator[ClientSess
         yield s
 
 
-async def completed_calls(url: str, headers: dict[str, str], iterations: int) -> list[str]:
+async def completed_calls(
+    url: str,
+    headers: dict[str, str],
+    iterations: int,
+    timing: type[httpx.AsyncBaseTransport] = TypeScriptTiming,
+) -> list[str]:
     """Run `iterations` fresh sessions, each making one call whose question arrives on the GET stream; the
     outcome of each ('ok' or 'lost')."""
     outcomes: list[str] = []
     for i in range(iterations):
-        async with session(url, headers) as s:
+        async with session(url, headers, timing) as s:
             tool, args = ("sample", {"prompt": "hi"}) if i % 2 == 0 else ("confirm", {"action": "deploy"})
             try:
                 async with asyncio.timeout(CALL_TIMEOUT):
@@ -136,3 +182,25 @@ async def test_get_stream_requests_all_arrive_with_redis_sessions(
     with running(gw):
         outcomes = await completed_calls(gw.url(), gw.auth(KEY), ITERATIONS)
     assert outcomes.count("lost") == 0, outcomes
+
+
+# a lost call costs CALL_TIMEOUT: without the wait most of these would be lost, and the count must still be reported
+POST_FIRST_ITERATIONS = 10
+
+
+@pytest.mark.timeout(60 + POST_FIRST_ITERATIONS * CALL_TIMEOUT)
+@pytest.mark.parametrize("backend", ["embedded", "redis"])
+async def test_a_post_ahead_of_its_get_waits_for_it(
+    tmp_path: Path, upstream: Upstream, backend: str, request: pytest.FixtureRequest
+) -> None:
+    redis = request.getfixturevalue("redis_url") if backend == "redis" else None
+    gw = _gateway(tmp_path, upstream, redis=redis)
+    with running(gw):
+        outcomes = await completed_calls(gw.url(), gw.auth(KEY), POST_FIRST_ITERATIONS, PostFirstTiming)
+        async with httpx.AsyncClient(timeout=10) as c:
+            scrape = (await c.get(f"{gw.base}/metrics")).text
+    assert outcomes.count("lost") == 0, outcomes
+    # every session's first call reached the gateway ahead of its GET and waited for it
+    name = "mcp_gateway_session_order_first_get_waits_total"
+    assert metric_sample(scrape, name, result="arrived") == POST_FIRST_ITERATIONS, scrape
+    assert metric_sample(scrape, name, result="timeout") == 0

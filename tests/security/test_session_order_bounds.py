@@ -147,3 +147,88 @@ async def test_a_cancelled_post_leaves_nothing_behind() -> None:
     assert order.waiting == 0 and ticket.waiters == []
     ticket.settle()
     assert order.keys == 0
+
+
+# a session whose client can answer server-to-client requests expects its GET: its first request POST may reach the
+# gateway before that GET and waits for it to arrive (gateway/transports/order.py)
+
+
+async def test_a_post_ahead_of_the_expected_get_waits_for_it_to_arrive_and_open() -> None:
+    order = SessionOrder(wait_seconds=HOUR, first_get_seconds=HOUR)
+    order.expect_stream(OWNER)
+    post_arrived = time.perf_counter()
+
+    async def post() -> None:
+        arrived = await order.wait_for_first_get(OWNER, post_arrived)
+        await order.wait_for_earlier(OWNER, arrived)
+
+    task = asyncio.create_task(post())
+    await asyncio.sleep(0.05)
+    assert not task.done() and order.first_get_waits == 1  # no GET has arrived yet
+    get_arrived = time.perf_counter()  # later than the POST
+    ticket = order.opening(OWNER, get_arrived)
+    assert ticket is not None and not order.expecting
+    await asyncio.sleep(0.05)
+    assert not task.done()  # the GET arrived but is not open upstream yet
+    order.opened(OWNER, get_arrived)
+    async with asyncio.timeout(GUARD):
+        await task
+    assert order.keys == 0 and order.waiting == 0 and order.first_get_timeouts == 0
+
+
+async def test_a_get_that_never_comes_holds_only_the_first_post_for_the_bound() -> None:
+    order = SessionOrder(wait_seconds=HOUR, first_get_seconds=0.2)
+    order.expect_stream(OWNER)
+    async with asyncio.timeout(GUARD):
+        await order.wait_for_first_get(OWNER, time.perf_counter())
+    assert order.first_get_timeouts == 1 and not order.expecting  # later POSTs of the session do not wait
+    async with asyncio.timeout(GUARD):
+        await order.wait_for_first_get(OWNER, time.perf_counter())
+    assert order.first_get_waits == 1 and order.waiting == 0
+
+
+async def test_a_strangers_get_does_not_meet_the_owners_expectation() -> None:
+    order = SessionOrder(wait_seconds=HOUR, first_get_seconds=HOUR)
+    order.expect_stream(OWNER)
+    task = asyncio.create_task(order.wait_for_first_get(OWNER, time.perf_counter()))
+    await asyncio.sleep(0.05)
+    assert order.opening(STRANGER, time.perf_counter()) is not None
+    await asyncio.sleep(0.05)
+    assert not task.done() and order.expecting
+    assert order.opening(OWNER, time.perf_counter()) is not None
+    async with asyncio.timeout(GUARD):
+        await task
+
+
+async def test_an_expectation_ends_with_its_window() -> None:
+    order = SessionOrder(wait_seconds=HOUR, first_get_seconds=HOUR, expect_seconds=0.0)
+    order.expect_stream(OWNER)
+    async with asyncio.timeout(GUARD):
+        await order.wait_for_first_get(OWNER, time.perf_counter())
+    assert order.first_get_waits == 0 and not order.expecting
+
+
+async def test_expectations_are_bounded_oldest_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(order_mod, "MAX_EXPECTED", 4)
+    order = SessionOrder(wait_seconds=HOUR, first_get_seconds=HOUR)
+    keys = [("example", f"sid-{i}", "p") for i in range(10)]
+    for key in keys:
+        order.expect_stream(key)
+    assert list(order._expected) == keys[-4:]
+
+
+async def test_first_get_waiters_per_session_are_bounded_and_a_cancelled_one_leaves_nothing() -> None:
+    order = SessionOrder(wait_seconds=HOUR, first_get_seconds=HOUR)
+    order.expect_stream(OWNER)
+    waiting = [
+        asyncio.create_task(order.wait_for_first_get(OWNER, time.perf_counter()))
+        for _ in range(MAX_WAITERS_PER_SESSION)
+    ]
+    await asyncio.sleep(0.05)
+    async with asyncio.timeout(GUARD):
+        await order.wait_for_first_get(OWNER, time.perf_counter())  # over the bound: not held
+    assert order.skipped == 1 and order.waiting == MAX_WAITERS_PER_SESSION
+    for task in waiting:
+        task.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+    assert order.waiting == 0 and order._arrivals == {}
