@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import aiohttp
 import asyncpg
@@ -169,6 +170,27 @@ async def test_unregistered_redirect_is_never_followed(env: Env, browser: Browse
     page = await browser.open(browser.authorize_url("nosuchclient", env.redirect, pkce()[1]))
     assert page.status == 400 and page.location is None
     await oauth_audit(env, browser.address, "unknown_client")
+
+
+async def test_a_parameter_given_twice_is_refused(env: Env, browser: Browser) -> None:
+    """RFC 6749 3.1: a second `redirect_uri` (or `resource`, `code`) for another component to read is an error at
+    the authorization and token endpoints, never a choice the gateway makes for the caller."""
+    cid = await client_id(browser, env.redirect)
+    url = browser.authorize_url(cid, env.redirect, pkce()[1]) + "&" + urlencode({"redirect_uri": "https://evil.test/"})
+    page = await browser.open(url)
+    # a page, not a redirect: which of the two URIs would it go to?
+    assert page.status == 400 and page.location is None, page.text
+    assert "evil.test" not in page.text
+    await oauth_audit(env, browser.address, "repeated_parameter")
+    code, verifier = await browser.code(cid, env.redirect, env.gw.keys["rw"])
+    form = [*token_form(cid, code, env.redirect, verifier).items(), ("code", "second-code")]
+    async with browser.session.post(env.gw.base + "/oauth/token", data=form, headers=browser.headers()) as resp:
+        status, body, headers = resp.status, await resp.json(content_type=None), resp.headers
+    assert_oauth_error(status, body, headers, 400, "invalid_request")
+    assert body["reason"] == "repeated_parameter"
+    # the code was not spent by the refused request: redeemed once, properly, it still works
+    status, body, _ = await browser.token(token_form(cid, code, env.redirect, verifier))
+    assert status == 200 and body["token_type"].lower() == "bearer", body
 
 
 async def test_registration_refuses_redirects_outside_policy(env: Env, browser: Browser) -> None:
