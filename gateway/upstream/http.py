@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import structlog
 from aiohttp import web
 
-from gateway.context import RequestContext, UpstreamOutcome
+from gateway.context import FORWARD_STAGE, RequestContext, UpstreamOutcome
 from gateway.errors import (
     ConcurrencyLimited,
     GatewayError,
@@ -132,6 +132,9 @@ class HttpForwarder:
             if isinstance(exc, H1Error):
                 err = self._failure(ctx, server, url, exc, start)
                 if err is not None:
+                    # named, so `compat_status_200: auto` treats it as the refusal of a message it is
+                    # (gateway/transports/refusal_status.py), as the stdio forwarder's are
+                    err.stage = err.stage or FORWARD_STAGE
                     raise err from None
             raise
         latency = time.perf_counter() - start
@@ -294,7 +297,9 @@ class HttpForwarder:
             log.warning("upstream stream ended abnormally", request_id=ctx.request_id, error=type(exc).__name__)
             ctx.notes["stream_error"] = type(exc).__name__
             if out is None or not out.prepared:
-                raise UpstreamProtocolError("upstream broke off its answer", reason="upstream_stream_broken") from None
+                raise UpstreamProtocolError(
+                    "upstream broke off its answer", reason="upstream_stream_broken", stage=FORWARD_STAGE
+                ) from None
             # The status line is out, so no error answer is possible. Cut the client's connection: ending the body
             # normally would pass a truncated answer off as complete, and with a Content-Length declared the
             # client would wait for the missing bytes until its own timeout.
@@ -412,7 +417,10 @@ class HttpForwarder:
                 body = filter_bytes(transform, body) or body
             except Unfilterable as exc:
                 raise UpstreamProtocolError(
-                    "upstream sent an invalid answer", reason="upstream_protocol_error", data={"detail": str(exc)}
+                    "upstream sent an invalid answer",
+                    reason="upstream_protocol_error",
+                    data={"detail": str(exc)},
+                    stage=FORWARD_STAGE,
                 ) from None
             out.content_length = len(body)
             await prepare(out, request)
@@ -420,7 +428,9 @@ class HttpForwarder:
             ctx.bytes_out += len(body)
             return True
         if may_hold_list_bytes(buf):
-            raise UpstreamProtocolError("upstream answer too large to filter", reason="upstream_too_large")
+            raise UpstreamProtocolError(
+                "upstream answer too large to filter", reason="upstream_too_large", stage=FORWARD_STAGE
+            )
         if resp.content_length is not None:
             out.content_length = resp.content_length
         await prepare(out, request)

@@ -42,13 +42,18 @@ async def _serve(port: int, answer: bytes) -> AsyncIterator[None]:
         yield
 
 
-async def _gateway(tmp_path: Path, answer: bytes) -> tuple[Gateway, AsyncIterator[None]]:
+async def _gateway(tmp_path: Path, answer: bytes, compat: bool | str = "auto") -> tuple[Gateway, AsyncIterator[None]]:
     port = free_port()
     gen = _serve(port, answer)
     await gen.__anext__()
     gw = start_gateway(
         tmp_path / "gw",
-        default_policies(f"http://127.0.0.1:{port}/mcp", health={"enabled": False}, breaker={"enabled": False}),
+        default_policies(
+            f"http://127.0.0.1:{port}/mcp",
+            health={"enabled": False},
+            breaker={"enabled": False},
+            compat_status_200=compat,
+        ),
         keys={"k": {"tenant": "acme", "scopes": ["read", "write"]}},
     )
     return gw, gen
@@ -84,15 +89,22 @@ async def test_upstream_dying_mid_answer_cuts_the_client_instead_of_hanging(tmp_
     await gen.aclose()
 
 
-async def test_upstream_dying_before_its_body_gets_a_well_formed_502(tmp_path: Path) -> None:
-    """Headers, then nothing: the gateway has sent nothing yet, so the client gets a proper JSON-RPC error."""
-    gw, gen = await _gateway(tmp_path, HEADERS_ONLY)
+@pytest.mark.parametrize(("compat", "status"), [(False, 502), ("auto", 200)])
+async def test_upstream_dying_before_its_body_gets_a_well_formed_502(
+    tmp_path: Path, compat: bool | str, status: int
+) -> None:
+    """Headers, then nothing: the gateway has sent nothing yet, so the client gets a proper JSON-RPC error. Under
+    `compat_status_200: auto` a `tools/call` the upstream failed is answered 200 with that error, so the official
+    Python SDK 1.x client's session survives it (gateway/transports/refusal_status.py): the forwarder's errors
+    name their stage."""
+    gw, gen = await _gateway(tmp_path, HEADERS_ONLY, compat)
     with running(gw):
         headers = {**gw.auth("k"), "Accept": "application/json, text/event-stream"}
         async with httpx.AsyncClient(timeout=30) as c:
             r = await c.post(gw.url(), headers=headers, content=json.dumps(BODY))
-        assert r.status_code == 502
+        assert r.status_code == status
         assert r.headers["Content-Type"].startswith("application/json")
         err = r.json()
         assert err["id"] == 1 and err["error"]["data"]["reason"] == "upstream_stream_broken"
+        assert err["error"]["data"]["stage"] == "forward" and err["error"]["code"] == -31006
     await gen.aclose()
