@@ -28,7 +28,8 @@ A POST that reaches the gateway before the session's GET (the two leave the clie
 usually rides a kept-alive connection, the GET a new one) is not ordered by tickets. So a session whose client
 declared it can answer server-to-client requests (sampling, elicitation, roots) is *expected* to open a GET stream
 for EXPECT_SECONDS after `initialize`: its first request POST in that time waits, at most FIRST_GET_SECONDS, for
-the GET to arrive, then for it to be open upstream as above. If no GET arrives in time the expectation is dropped,
+the GET to arrive, then for it to be open upstream as above; that GET is the session's *first*, and any POST of
+the session waits for it to open, even one that arrived before it. If no GET arrives in time the expectation is dropped,
 so a client that never opens a GET (or opens it on another replica) pays that wait once per session. Expectations
 are bounded (MAX_EXPECTED, oldest dropped first) and keyed like tickets: only the session's owner's GET meets it.
 
@@ -65,13 +66,15 @@ Key = tuple[str, str, str]
 class Ticket:
     """One GET's place in its session's order. `settle()` (idempotent) releases every POST waiting for it."""
 
-    __slots__ = ("_entry", "_order", "arrived", "key", "settled", "waiters")
+    __slots__ = ("_entry", "_order", "arrived", "first", "key", "settled", "waiters")
 
-    def __init__(self, order: SessionOrder, key: Key, entry: _Entry, arrived: float) -> None:
+    def __init__(self, order: SessionOrder, key: Key, entry: _Entry, arrived: float, first: bool = False) -> None:
         self._order = order
         self._entry = entry
         self.key = key
         self.arrived = arrived  # time.perf_counter() when the GET arrived (RequestContext.started)
+        # the GET a session was expected to open: every POST of the session waits for it, whenever it arrived
+        self.first = first
         self.settled = False
         self.waiters: list[asyncio.Future[None]] = []
 
@@ -139,8 +142,9 @@ class SessionOrder:
 
     def opening(self, key: Key, arrived: float) -> Ticket | None:
         """A GET of the session is on its way upstream: its ticket, or None when a bound is reached."""
-        if self._expected:
-            self._expected.pop(key, None)
+        # the expected GET: a POST that arrived before it but has not reached its wait yet (its own session lookup
+        # may take longer than this GET's) must still wait for it
+        first = bool(self._expected) and self._expected.pop(key, None) is not None
         if self._arrivals:
             # the POSTs waiting for this GET to arrive resume after this call, when its ticket is in place
             for fut in self._arrivals.pop(key, ()):
@@ -158,7 +162,7 @@ class SessionOrder:
         elif len(entry.tickets) >= MAX_GETS_PER_SESSION:
             self.skipped += 1
             return None
-        ticket = Ticket(self, key, entry, arrived)
+        ticket = Ticket(self, key, entry, arrived, first)
         entry.tickets.append(ticket)
         return ticket
 
@@ -175,7 +179,7 @@ class SessionOrder:
             return  # the common case: no GET of this session is opening
         now = time.perf_counter()
         bound = self.wait_seconds
-        earlier = [t for t in entry.tickets if t.arrived < arrived and now < t.arrived + bound]
+        earlier = [t for t in entry.tickets if (t.arrived < arrived or t.first) and now < t.arrived + bound]
         if not earlier:
             return
         if entry.waiting >= MAX_WAITERS_PER_SESSION or self.waiting >= MAX_WAITERS:

@@ -232,3 +232,29 @@ async def test_first_get_waiters_per_session_are_bounded_and_a_cancelled_one_lea
         task.cancel()
     await asyncio.gather(*waiting, return_exceptions=True)
     assert order.waiting == 0 and order._arrivals == {}
+
+
+async def test_the_expected_get_orders_a_post_that_arrived_before_it_but_waits_later() -> None:
+    """The POST arrived first, but its own session lookup (Redis) took longer than the GET's authentication: the
+    GET met the expectation before the POST reached its wait. The POST still waits for that GET to be open."""
+    order = SessionOrder(wait_seconds=HOUR, first_get_seconds=HOUR)
+    order.expect_stream(OWNER)
+    post_arrived = time.perf_counter()
+    get_arrived = time.perf_counter()  # later than the POST
+    ticket = order.opening(OWNER, get_arrived)
+    assert ticket is not None and ticket.first and not order.expecting
+
+    async def post() -> None:
+        arrived = await order.wait_for_first_get(OWNER, post_arrived)  # nothing expected any more: at once
+        await order.wait_for_earlier(OWNER, arrived)
+
+    task = asyncio.create_task(post())
+    await asyncio.sleep(0.05)
+    assert not task.done()  # held until the session's first GET is open upstream
+    order.opened(OWNER, get_arrived)
+    async with asyncio.timeout(GUARD):
+        await task
+    # a later GET of the session (a reconnect) is an ordinary one: it does not hold a POST that came before it
+    assert order.opening(OWNER, time.perf_counter() + HOUR) is not None
+    async with asyncio.timeout(GUARD):
+        await order.wait_for_earlier(OWNER, time.perf_counter())
