@@ -44,8 +44,8 @@ class TransportMetrics:
         self.first_get_waits = Counter(
             "mcp_gateway_session_order_first_get_waits_total",
             "First request POSTs of a session that reached the gateway before the session's expected GET stream and "
-            "waited for it, by result (arrived: the GET came and was opened upstream first; timeout: it did not "
-            "come within 250 ms, the POST went on)",
+            "waited for it, by result (arrived: the GET came, and the POST then waited for it to be open upstream; "
+            "timeout: it did not come within 250 ms, the POST went on)",
             ["result"],
             registry=registry,
         )

@@ -26,7 +26,7 @@ Keys and bounds (everything a client controls is bounded):
 
 A POST that reaches the gateway before the session's GET (the two leave the client within a millisecond; the POST
 usually rides a kept-alive connection, the GET a new one) is not ordered by tickets. So a session whose client
-declared it can answer server-to-client requests (sampling, elicitation, roots) is *expected* to open a GET stream
+declared it can answer server-to-client requests (sampling, elicitation) is *expected* to open a GET stream
 for EXPECT_SECONDS after `initialize`: its first request POST in that time waits, at most FIRST_GET_SECONDS, for
 the GET to arrive, then for it to be open upstream as above; that GET is the session's *first*, and any POST of
 the session waits for it to open, even one that arrived before it. If no GET arrives in time the expectation is dropped,
@@ -138,6 +138,8 @@ class SessionOrder:
             if expected[oldest] > now and len(expected) < MAX_EXPECTED:
                 break
             del expected[oldest]
+        # re-inserted at the end, so that insertion order stays deadline order
+        expected.pop(key, None)
         expected[key] = now + self.expect_seconds
 
     def opening(self, key: Key, arrived: float) -> Ticket | None:
@@ -146,7 +148,8 @@ class SessionOrder:
         # may take longer than this GET's) must still wait for it
         first = bool(self._expected) and self._expected.pop(key, None) is not None
         if self._arrivals:
-            # the POSTs waiting for this GET to arrive resume after this call, when its ticket is in place
+            # the POSTs waiting for this GET to arrive resume after this call, when its ticket is in place (or, when a
+            # bound below refuses it one, unordered: the order fails open, it never refuses or holds a request)
             for fut in self._arrivals.pop(key, ()):
                 if not fut.done():
                     fut.set_result(None)

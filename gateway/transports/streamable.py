@@ -266,8 +266,10 @@ class StreamableHttpHandler:
         return await forwarder.relay(ctx, ctx.request, resp, inbox=inbox)
 
 
-# a client that declares one of these at `initialize` will be asked questions on its session's GET stream
-_SERVER_REQUEST_CAPABILITIES = ("sampling", "elicitation", "roots")
+# a client that declares one of these at `initialize` may be asked a question a call causes, and an upstream may ask
+# it on the session's GET stream. Not `roots`: many clients declare it and never open a GET, and a roots/list is not
+# caused by a POST, so holding the POST would not help it
+_SERVER_REQUEST_CAPABILITIES = ("sampling", "elicitation")
 
 
 def _answers_server_requests(ctx: RequestContext) -> bool:
@@ -276,7 +278,7 @@ def _answers_server_requests(ctx: RequestContext) -> bool:
         return False
     params = message.envelopes[0].params
     caps = params.get("capabilities") if params is not None else None
-    return isinstance(caps, dict) and any(name in caps for name in _SERVER_REQUEST_CAPABILITIES)
+    return isinstance(caps, dict) and any(isinstance(caps.get(name), dict) for name in _SERVER_REQUEST_CAPABILITIES)
 
 
 def _carries_request(ctx: RequestContext) -> bool:
