@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import redis.asyncio as aioredis
 import yaml
 from aiohttp import web
 
@@ -419,3 +420,16 @@ def metric_sample(text: str, name: str, **labels: str) -> float:
         if all(got.get(k) == v for k, v in labels.items()):
             total += float(m.group(4))
     return total
+
+
+async def delete_redis_prefix(url: str, prefix: str) -> None:
+    """Delete a test's keys (`prefix*`) with a client of its own: the clients under test may have short socket
+    timeouts on purpose, and a SCAN of the shared Redis while the whole suite loads the machine can take longer
+    (a teardown failed on a 0.25 s timeout in CI)."""
+    client = aioredis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=10)
+    try:
+        keys = [k async for k in client.scan_iter(match=f"{prefix}*", count=1000)]
+        if keys:
+            await client.delete(*keys)
+    finally:
+        await client.aclose()
