@@ -21,7 +21,9 @@ LEGACY = SessionBinding("api_key:acme:k1", "srv", "http://up:1/sse", "http://up:
 
 @pytest.fixture
 async def client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    c = aioredis.Redis.from_url(redis_url, socket_timeout=0.5)
+    # the shared Redis never goes away in these tests: a generous timeout, so that a slow moment while the suite
+    # loads both cores is not taken for an outage (the fault-injection tests below use private instances)
+    c = aioredis.Redis.from_url(redis_url, socket_timeout=10)
     yield c
     await c.aclose()
 
