@@ -134,9 +134,10 @@ async def client_loop(n: int, gw: Gateway, tally: Tally, stop: asyncio.Event, pa
                     raw = await r.read()
                     tally.answered_ids.add(rid)
                     label = str(r.status)
-                    if r.status >= 400:
-                        with contextlib.suppress(Exception):
-                            label += " " + str(orjson.loads(raw)["error"]["data"]["reason"])
+                    # a refusal comes with its own status, or with 200 under `compat_status_200: auto` (the
+                    # default): either way the JSON-RPC error's reason names it
+                    with contextlib.suppress(Exception):
+                        label += " " + str(orjson.loads(raw)["error"]["data"]["reason"])
                     tally.answered[label] += 1
                     if r.status == 404:
                         sid = None  # the session is gone: a real client initializes again
