@@ -59,12 +59,17 @@ def _gateway(workdir: Path, upstream: Upstream, redis: str | None = None) -> Gat
     )
 
 
-class TypeScriptTiming(httpx.AsyncBaseTransport):
-    """The conformance client's timing on the Python SDK client: the TypeScript SDK opens its GET stream once the
-    `notifications/initialized` POST is answered, so its GET and the next `tools/call` POST leave within a
-    millisecond of each other, GET first. The Python SDK starts its GET before that notification's POST, which hides
-    a proxy's reordering; here a session's GET is held until the first `tools/call` POST, sent first, and the POST
-    follows on the next turn of the client's event loop."""
+# how far the POST leads the GET in PostFirstTiming: far more than the upstream needs to ask its question
+POST_LEAD = 0.01
+
+
+class HeldGet(httpx.AsyncBaseTransport):
+    """A session's GET is held until the first `tools/call` POST: which of the two goes out first, and how far
+    ahead, is the subclass's `GET_DELAY` (after the POST released the GET) and `POST_DELAY` (after it released it)."""
+
+    GET_DELAY = 0.0
+    # None: the POST goes out at once; 0.0: on the next turn of the client's event loop, behind the GET
+    POST_DELAY: float | None = 0.0
 
     def __init__(self) -> None:
         self._inner = httpx.AsyncHTTPTransport()
@@ -76,45 +81,36 @@ class TypeScriptTiming(httpx.AsyncBaseTransport):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(CALL_TIMEOUT):
                     await gate.wait()
+            if self.GET_DELAY:
+                await asyncio.sleep(self.GET_DELAY)
         elif request.method == "POST" and self._get_gate is not None and b'"tools/call"' in request.content:
             self._get_gate.set()
             self._get_gate = None
-            await asyncio.sleep(0)  # the GET goes out first, the POST right behind it
+            if self.POST_DELAY is not None:
+                await asyncio.sleep(self.POST_DELAY)
         return await self._inner.handle_async_request(request)
 
     async def aclose(self) -> None:
         await self._inner.aclose()
 
 
-class PostFirstTiming(httpx.AsyncBaseTransport):
+class TypeScriptTiming(HeldGet):
+    """The conformance client's timing on the Python SDK client: the TypeScript SDK opens its GET stream once the
+    `notifications/initialized` POST is answered, so its GET and the next `tools/call` POST leave within a
+    millisecond of each other, GET first. The Python SDK starts its GET before that notification's POST, which hides
+    a proxy's reordering; here a session's GET is held until the first `tools/call` POST, sent first, and the POST
+    follows on the next turn of the client's event loop (`asyncio.sleep(0)`)."""
+
+
+class PostFirstTiming(HeldGet):
     """The order tickets cannot settle: the `tools/call` POST reaches the gateway before the session's GET (a client
     whose GET needs a new connection while its POST rides a kept-alive one). The GET is held until that POST has
     gone out and follows it POST_LEAD later. The gateway expects the GET of a session whose client declared
     sampling or elicitation, and holds the first request POST (at most 250 ms) until the GET arrives and is open
     upstream. Directly the same timing depends on how fast the server asks, so there is no direct control here."""
 
-    def __init__(self) -> None:
-        self._inner = httpx.AsyncHTTPTransport()
-        self._get_gate: asyncio.Event | None = None
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if request.method == "GET":
-            gate = self._get_gate = asyncio.Event()
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(CALL_TIMEOUT):
-                    await gate.wait()
-            await asyncio.sleep(POST_LEAD)
-        elif request.method == "POST" and self._get_gate is not None and b'"tools/call"' in request.content:
-            self._get_gate.set()
-            self._get_gate = None
-        return await self._inner.handle_async_request(request)
-
-    async def aclose(self) -> None:
-        await self._inner.aclose()
-
-
-# how far the POST leads the GET in PostFirstTiming: far more than the upstream needs to ask its question
-POST_LEAD = 0.01
+    GET_DELAY = POST_LEAD
+    POST_DELAY = None
 
 
 @contextlib.asynccontextmanager
