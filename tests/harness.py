@@ -176,6 +176,30 @@ def start_upstream(
     return Upstream(proc, port, transport)
 
 
+# the headers every Streamable HTTP POST of a raw test client carries, and its `initialize` (2025-06-18)
+MCP_POST_HEADERS = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+
+
+def initialize_request(client: str = "raw", rpc_id: int = 1) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": rpc_id,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": client, "version": "0"}},
+    }
+
+
+def stdio_policies(name: str, stdio: Mapping[str, Any]) -> dict[str, Any]:
+    """A policy set with one `transport: stdio` server `name`, owned by and open to tenant `acme`."""
+    return {
+        "servers.yaml": {"servers": {name: {"transport": "stdio", "owner": "acme", "stdio": dict(stdio)}}},
+        "tenants.yaml": {"tenants": {"acme": {"servers": [name]}}},
+        "keys.yaml": {"keys": []},
+        "limits.yaml": {},
+        "access.yaml": {"rules": []},
+    }
+
+
 def default_policies(upstream_url: str, **server_overrides: Any) -> dict[str, Any]:
     """A minimal policy set: one tenant `acme` owning server `example`, one read+write key."""
     server: dict[str, Any] = {"upstreams": [{"url": upstream_url}], "owner": "acme"}

@@ -25,18 +25,22 @@ import pytest
 from mcp import ClientSession, McpError, types
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.harness import PYTHON, ROOT, Gateway, metric_sample, running, start_gateway
+from tests.harness import (
+    MCP_POST_HEADERS,
+    PYTHON,
+    ROOT,
+    Gateway,
+    initialize_request,
+    metric_sample,
+    running,
+    start_gateway,
+)
 
 pytestmark = pytest.mark.e2e
 
 DEADLINE = 30.0
-ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}},
-}
+ACCEPT = MCP_POST_HEADERS
+INIT = initialize_request()
 
 
 def stdio_server(name: str, **stdio: Any) -> dict[str, Any]:

@@ -90,7 +90,7 @@ async def test_upstream_dying_mid_answer_cuts_the_client_instead_of_hanging(tmp_
 
 
 @pytest.mark.parametrize(("compat", "status"), [(False, 502), ("auto", 200)])
-async def test_upstream_dying_before_its_body_gets_a_well_formed_502(
+async def test_upstream_dying_before_its_body_gets_a_well_formed_error(
     tmp_path: Path, compat: bool | str, status: int
 ) -> None:
     """Headers, then nothing: the gateway has sent nothing yet, so the client gets a proper JSON-RPC error. Under

@@ -597,7 +597,9 @@ async def test_a_tools_list_that_is_not_strict_json_never_reaches_the_caller(env
             status = r.status
     assert HIDDEN.encode() not in raw
     if server == "json":
-        assert status == 200 and json.loads(raw)["error"]["data"]["reason"] == "upstream_protocol_error"
+        error = json.loads(raw)["error"]
+        assert status == 200 and error["data"]["reason"] == "upstream_protocol_error"
+        assert error["data"]["stage"] == "forward"
     else:
         assert status == 200 and b"data:" not in raw  # the one event was dropped
 

@@ -14,18 +14,21 @@ import aiohttp
 import pytest
 from multidict import CIMultiDict
 
-from tests.harness import Gateway, default_policies, running, start_gateway, start_upstream
+from tests.harness import (
+    MCP_POST_HEADERS,
+    Gateway,
+    default_policies,
+    initialize_request,
+    running,
+    start_gateway,
+    start_upstream,
+)
 
 pytestmark = pytest.mark.e2e
 
 ALLOWED = "203.0.113.7"
-ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
-}
+ACCEPT = MCP_POST_HEADERS
+INIT = initialize_request("t")
 
 
 @pytest.fixture(scope="module")

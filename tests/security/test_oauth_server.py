@@ -182,6 +182,10 @@ async def test_a_parameter_given_twice_is_refused(env: Env, browser: Browser) ->
     assert page.status == 400 and page.location is None, page.text
     assert "evil.test" not in page.text
     await oauth_audit(env, browser.address, "repeated_parameter")
+    # a second `resource` (an audience for another route) is refused the same way
+    url = browser.authorize_url(cid, env.redirect, pkce()[1]) + "&" + urlencode({"resource": env.gw.url("other")})
+    page = await browser.open(url)
+    assert page.status == 400 and page.location is None, page.text
     code, verifier = await browser.code(cid, env.redirect, env.gw.keys["rw"])
     form = [*token_form(cid, code, env.redirect, verifier).items(), ("code", "second-code")]
     async with browser.session.post(env.gw.base + "/oauth/token", data=form, headers=browser.headers()) as resp:

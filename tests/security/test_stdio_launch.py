@@ -17,11 +17,11 @@ import httpx
 import pytest
 
 from gateway.policy.stdio import BASE_ENV
-from tests.harness import PYTHON, ROOT, Gateway, running, start_gateway
+from tests.harness import MCP_POST_HEADERS, PYTHON, ROOT, Gateway, running, start_gateway, stdio_policies
 
 pytestmark = pytest.mark.e2e
 
-ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+ACCEPT = MCP_POST_HEADERS
 HOSTILE = "$(touch {marker}) `touch {marker}` ; touch {marker} && PATH=/evil LD_PRELOAD=/evil.so"
 ARGS = ["-m", "tests.upstreams.stdio_server", "--name", "sec"]
 # the gateway's own environment: never a child's unless the policy names it
@@ -47,14 +47,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Any:
         "max_processes_per_tenant": 4,
         "max_processes_per_key": 4,
     }
-    policies = {
-        "servers.yaml": {"servers": {"sec": {"transport": "stdio", "owner": "acme", "stdio": stdio}}},
-        "tenants.yaml": {"tenants": {"acme": {"servers": ["sec"]}}},
-        "keys.yaml": {"keys": []},
-        "limits.yaml": {},
-        "access.yaml": {"rules": []},
-    }
-    gw = start_gateway(tmp / "gw", policies, keys={"k": {"tenant": "acme", "scopes": ["read", "write"]}}, env=CANARIES)
+    gw = start_gateway(
+        tmp / "gw",
+        stdio_policies("sec", stdio),
+        keys={"k": {"tenant": "acme", "scopes": ["read", "write"]}},
+        env=CANARIES,
+    )
     with running(gw):
         yield gw, tmp
 

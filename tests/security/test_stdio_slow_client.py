@@ -19,7 +19,17 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.harness import PYTHON, ROOT, Gateway, metric_sample, running, start_gateway
+from tests.harness import (
+    MCP_POST_HEADERS,
+    PYTHON,
+    ROOT,
+    Gateway,
+    initialize_request,
+    metric_sample,
+    running,
+    start_gateway,
+    stdio_policies,
+)
 from tests.security.support import audit_records, gateway_rss
 
 pytestmark = pytest.mark.e2e
@@ -29,13 +39,8 @@ QUEUE_LIMIT = 8 * MIB
 MESSAGES, MESSAGE_SIZE = 256, MIB  # 256 MiB written in all: 32 times the bound
 # the bound, the socket buffers of both directions and the allocator's slack: far below what the server writes
 GROWTH_BOUND = 96 * MIB
-ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
-INIT = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}},
-}
+ACCEPT = MCP_POST_HEADERS
+INIT = initialize_request()
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +54,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
         "max_message_bytes": 2 * MIB,
         "max_queued_bytes": QUEUE_LIMIT,
     }
-    policies = {
-        "servers.yaml": {"servers": {"flood": {"transport": "stdio", "owner": "acme", "stdio": stdio}}},
-        "tenants.yaml": {"tenants": {"acme": {"servers": ["flood"]}}},
-        "keys.yaml": {"keys": []},
-        "limits.yaml": {},
-        "access.yaml": {"rules": []},
-    }
-    gw = start_gateway(tmp / "gw", policies, keys={"k": {"tenant": "acme", "scopes": ["read", "write"]}})
+    gw = start_gateway(
+        tmp / "gw", stdio_policies("flood", stdio), keys={"k": {"tenant": "acme", "scopes": ["read", "write"]}}
+    )
     with running(gw):
         yield gw
 

@@ -144,7 +144,17 @@ async def test_a_legacy_sse_stream_of_a_key_revoked_by_a_reload_is_ended(tmp_pat
                 while await alice.content.readany():
                     pass
             alice.release()
-            assert not bob.content.at_eof()  # the other key's stream is still open
+            assert not bob.content.at_eof()
+            # the other key's stream is still open at the gateway, not merely not read to its end yet: the gauge
+            # comes down to one (alice's stream is counted out just after its last byte) and stays there
+            async with asyncio.timeout(GUARD):
+                while True:
+                    async with http.get(f"{gw.base}/metrics") as m:
+                        open_streams = metric_sample(await m.text(), "mcp_gateway_legacy_sse_streams", server="legacy")
+                    if open_streams <= 1:
+                        break
+                    await asyncio.sleep(0.05)
+            assert open_streams == 1
             async with http.get(gw.url("legacy"), headers={**gw.auth("alice"), "Accept": "text/event-stream"}) as r:
                 assert r.status == 401 and (await r.json())["error"]["data"]["reason"] == "key_revoked"
             bob.release()
