@@ -49,3 +49,19 @@ def forwarded_for(headers: Mapping[str, str]) -> str | None:
     if not lines:
         return None
     return lines[0] if len(lines) == 1 else ",".join(lines)
+
+
+def address_group(peer: str) -> str:
+    """What a per-address budget or cap counts (the front door's per-peer connections, the OAuth endpoints' limits):
+    an IPv4 address, or an IPv6 address's /64 (a host usually holds a whole /64, so counting single IPv6 addresses
+    would give an attacker with one of them 2**64 budgets); IPv4-mapped IPv6 as its IPv4 address; anything that does
+    not parse (a unix socket's peer) as itself."""
+    if ":" not in peer:
+        return peer
+    try:
+        ip = ipaddress.IPv6Address(peer.split("%", 1)[0])
+    except ValueError:
+        return peer
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)  # an IPv4 client on a dual-stack socket: its own address
+    return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))

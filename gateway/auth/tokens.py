@@ -28,7 +28,7 @@ def _claim(claims: dict[str, Any], path: str) -> Any:
     return cur
 
 
-def _refuse(message: str, reason: str) -> Unauthenticated:
+def refuse(message: str, reason: str) -> Unauthenticated:
     return Unauthenticated(message, reason=reason)
 
 
@@ -38,21 +38,21 @@ def decode_or_refuse(token: str, key: Any, **decode: Any) -> dict[str, Any]:
     try:
         claims: dict[str, Any] = jwt.decode(token, key, **decode)
     except jwt.ExpiredSignatureError:
-        raise _refuse("token expired", "token_expired") from None
+        raise refuse("token expired", "token_expired") from None
     except jwt.ImmatureSignatureError:
-        raise _refuse("token not yet valid", "token_not_yet_valid") from None
+        raise refuse("token not yet valid", "token_not_yet_valid") from None
     except jwt.InvalidAudienceError:
-        raise _refuse("token was not issued for this route", "wrong_audience") from None
+        raise refuse("token was not issued for this route", "wrong_audience") from None
     except jwt.InvalidIssuerError:
-        raise _refuse("token issuer not accepted", "wrong_issuer") from None
+        raise refuse("token issuer not accepted", "wrong_issuer") from None
     except jwt.MissingRequiredClaimError as exc:
-        raise _refuse(f"token lacks the {exc.claim!r} claim", "missing_claim") from None
+        raise refuse(f"token lacks the {exc.claim!r} claim", "missing_claim") from None
     except jwt.InvalidSignatureError:
-        raise _refuse("token signature does not verify", "bad_signature") from None
+        raise refuse("token signature does not verify", "bad_signature") from None
     except jwt.InvalidAlgorithmError:
-        raise _refuse("token algorithm not allowed on this route", "alg_not_allowed") from None
+        raise refuse("token algorithm not allowed on this route", "alg_not_allowed") from None
     except (jwt.InvalidTokenError, jwt.PyJWKError, ValueError, TypeError):
-        raise _refuse("token is invalid", "invalid_token") from None
+        raise refuse("token is invalid", "invalid_token") from None
     return claims
 
 
@@ -73,15 +73,15 @@ class JwtVerifier:
 
     async def verify(self, token: str) -> Principal:
         if len(token) > MAX_TOKEN_BYTES:
-            raise _refuse("token too large", "malformed_token")
+            raise refuse("token too large", "malformed_token")
         try:
             header = jwt.get_unverified_header(token)
         except (jwt.InvalidTokenError, orjson.JSONDecodeError, ValueError, TypeError):
-            raise _refuse("token is not a well-formed JWT", "malformed_token") from None
+            raise refuse("token is not a well-formed JWT", "malformed_token") from None
         alg = header.get("alg")
         if not isinstance(alg, str) or alg not in self._algorithms:
             # covers `none` and HS/RS confusion: only this route's one family of algorithms is ever tried
-            raise _refuse("token algorithm not allowed on this route", "alg_not_allowed")
+            raise refuse("token algorithm not allowed on this route", "alg_not_allowed")
         key: Any
         if self._hs_secret is not None:
             key = self._hs_secret
@@ -89,10 +89,10 @@ class JwtVerifier:
             assert self._jwks is not None
             kid = header.get("kid")
             if kid is not None and not isinstance(kid, str):
-                raise _refuse("token kid is not a string", "malformed_token")
+                raise refuse("token kid is not a string", "malformed_token")
             key = await self._jwks.key(kid, alg)
             if key is None:
-                raise _refuse("no signing key for this token's kid", "unknown_kid")
+                raise refuse("no signing key for this token's kid", "unknown_kid")
         claims = decode_or_refuse(
             token,
             key,
@@ -109,9 +109,9 @@ class JwtVerifier:
         tenant = _claim(claims, c.tenant)
         subject = _claim(claims, c.subject)
         if not isinstance(tenant, str) or not tenant:
-            raise _refuse(f"token lacks the {c.tenant!r} claim", "missing_claim")
+            raise refuse(f"token lacks the {c.tenant!r} claim", "missing_claim")
         if not isinstance(subject, str) or not subject:
-            raise _refuse(f"token lacks the {c.subject!r} claim", "missing_claim")
+            raise refuse(f"token lacks the {c.subject!r} claim", "missing_claim")
         role = _claim(claims, c.role)
         exp = claims.get("exp")
         return Principal(

@@ -30,6 +30,7 @@ from aiohttp import web
 from aiohttp.http import HttpVersion11
 from prometheus_client import CollectorRegistry, Counter
 
+from gateway.clientip import address_group
 from gateway.errors import GatewayError, RequestTimeout, ServiceUnavailable
 from gateway.settings import HttpSettings
 
@@ -98,7 +99,7 @@ class FrontDoor:
         cap = self.max_per_peer
         if cap == 0 or peer is None:
             return True
-        key = peer_key(peer)
+        key = address_group(peer)
         n = self.open.get(key, 0)
         if n >= cap:
             # the exemption is looked up only past the cap (an address parse per connection otherwise), on the peer's
@@ -114,7 +115,7 @@ class FrontDoor:
     def release(self, peer: str | None) -> None:
         if peer is None:
             return
-        peer = peer_key(peer)
+        peer = address_group(peer)
         n = self.open.get(peer)
         if n is None:
             return  # not counted (no cap, or an exempt peer past the cap)
@@ -137,20 +138,6 @@ class FrontDoor:
     def refused(self, reason: str) -> None:
         if self._metrics is not None:
             self._metrics.refused.labels(reason).inc()
-
-
-def peer_key(peer: str) -> str:
-    """What the per-peer cap counts: an IPv4 address, or an IPv6 address's /64 (a host usually holds a whole /64,
-    so counting single IPv6 addresses would give an attacker with one of them an unlimited number of "peers")."""
-    if ":" not in peer:
-        return peer
-    try:
-        ip = ipaddress.IPv6Address(peer.split("%", 1)[0])
-    except ValueError:
-        return peer
-    if ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)  # an IPv4 client on a dual-stack socket: its own address
-    return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
 
 
 def connection_refusal() -> GatewayError:

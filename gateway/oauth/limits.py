@@ -5,30 +5,14 @@ replicas an address gets at most N times the budget, which still bounds a flood.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 
+from gateway.clientip import address_group
+
 MAX_TRACKED = 10_000
-# one IPv6 subscriber usually holds a whole /64 (SLAAC, privacy addresses): counted per address, it would have
-# 2**64 budgets (red team: a registration flood from one host)
-IPV6_PREFIX = 64
-
-
-def address_group(address: str) -> str:
-    """What one budget is kept for: an IPv4 address, or the /64 an IPv6 address is in (IPv4-mapped IPv6 as IPv4);
-    anything that does not parse as an address (a unix socket's peer) as itself."""
-    try:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-    except ValueError:
-        return address
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return str(ip.ipv4_mapped)
-        return str(ipaddress.IPv6Network((ip, IPV6_PREFIX), strict=False))
-    return str(ip)
 
 
 class AddressLimiter:

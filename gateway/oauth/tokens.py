@@ -19,8 +19,7 @@ import jwt
 
 from gateway.auth.keyrecord import KeyRecord
 from gateway.auth.principal import Principal
-from gateway.auth.tokens import decode_or_refuse
-from gateway.errors import Unauthenticated
+from gateway.auth.tokens import decode_or_refuse, refuse
 from gateway.oauth.model import Grant, key_fingerprint
 from gateway.oauth.signing import ALGORITHM, SigningKey
 
@@ -29,10 +28,6 @@ TOKEN_TYPE = "at+jwt"
 LEEWAY = 5.0
 MAX_TOKEN = 16 * 1024
 _MAX_REVOKED = 100_000
-
-
-def _refuse(message: str, reason: str) -> Unauthenticated:
-    return Unauthenticated(message, reason=reason)
 
 
 class AccessTokens:
@@ -82,13 +77,13 @@ class AccessTokens:
     def claims(self, token: str, audience: str | None) -> dict[str, Any]:
         """The verified claims; `audience` None skips the audience check (revocation endpoint)."""
         if len(token) > MAX_TOKEN:
-            raise _refuse("token too large", "malformed_token")
+            raise refuse("token too large", "malformed_token")
         try:
             header = jwt.get_unverified_header(token)
         except (jwt.InvalidTokenError, ValueError, TypeError):
-            raise _refuse("token is not a well-formed JWT", "malformed_token") from None
+            raise refuse("token is not a well-formed JWT", "malformed_token") from None
         if header.get("alg") != ALGORITHM or header.get("typ") != TOKEN_TYPE:
-            raise _refuse("token algorithm or type not allowed", "alg_not_allowed")
+            raise refuse("token algorithm or type not allowed", "alg_not_allowed")
         options: dict[str, Any] = {"require": ["exp", "iss", "aud", "sub"], "verify_aud": audience is not None}
         return decode_or_refuse(
             token,
@@ -105,13 +100,13 @@ class AccessTokens:
         key_id, fp, family = claims.get("mgw_key"), claims.get("mgw_kfp"), claims.get("mgw_fam")
         tenant, scope = claims.get("tenant"), claims.get("scope")
         if not all(isinstance(v, str) and v for v in (key_id, fp, family, tenant)) or not isinstance(scope, str):
-            raise _refuse("token lacks the gateway's claims", "missing_claim")
+            raise refuse("token lacks the gateway's claims", "missing_claim")
         assert isinstance(key_id, str) and isinstance(family, str)
         if family in self._revoked:
-            raise _refuse("token's grant was revoked", "token_revoked")
+            raise refuse("token's grant was revoked", "token_revoked")
         rec = await lookup(key_id)
         if rec is None or key_fingerprint(rec.hash) != fp or rec.tenant != tenant:
-            raise _refuse("the API key behind this token no longer exists", "key_revoked")
+            raise refuse("the API key behind this token no longer exists", "key_revoked")
         key_principal = rec.admit(client_ip)  # revoked, expired, outside its networks: refused like the key
         exp = float(claims["exp"]) + LEEWAY
         return Principal(

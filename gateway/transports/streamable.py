@@ -16,7 +16,6 @@ from gateway.chain import Chain
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, MethodNotAllowed, NotFound
 from gateway.hosts import HostPolicy, refusal_notes
-from gateway.jsonrpc import Kind
 from gateway.metrics import GatewayMetrics
 from gateway.policy.store import PolicyStore
 from gateway.responder import OwnResponder, answers_itself
@@ -205,7 +204,7 @@ class StreamableHttpHandler:
         if order_key is not None and ctx.http_method == "POST":
             # the caller owns the session (checked above): a GET of it that arrived first is open upstream first
             order, arrived = self.order, ctx.started
-            if order.expecting and _carries_request(ctx):
+            if order.expecting and ctx.message is not None and ctx.message.has_requests:
                 # the session's GET may reach the gateway a moment after this POST (gateway/transports/order.py)
                 arrived = await order.wait_for_first_get(order_key, arrived)
             await order.wait_for_earlier(order_key, arrived)
@@ -279,8 +278,3 @@ def _answers_server_requests(ctx: RequestContext) -> bool:
     params = message.envelopes[0].params
     caps = params.get("capabilities") if params is not None else None
     return isinstance(caps, dict) and any(isinstance(caps.get(name), dict) for name in _SERVER_REQUEST_CAPABILITIES)
-
-
-def _carries_request(ctx: RequestContext) -> bool:
-    message = ctx.message
-    return message is not None and any(e.kind is Kind.REQUEST for e in message.envelopes)

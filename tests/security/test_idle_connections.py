@@ -11,7 +11,8 @@ from pathlib import Path
 import orjson
 import pytest
 
-from gateway.net.frontdoor import FrontDoor, ReadLimits, peer_key
+from gateway.clientip import address_group as peer_key
+from gateway.net.frontdoor import FrontDoor, ReadLimits
 from tests.harness import Gateway, default_policies, running, start_gateway, start_upstream
 from tests.security.support import closed, http_request, raw_connection, read_one
 

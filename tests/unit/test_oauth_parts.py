@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from gateway.clientip import address_group
 from gateway.oauth import forms, redirects
 from gateway.oauth.config import OAuthSettings
-from gateway.oauth.limits import AddressLimiter, address_group
+from gateway.oauth.limits import AddressLimiter
 from gateway.oauth.signing import from_pem, generate_pem, load_or_create
 
 pytestmark = pytest.mark.unit

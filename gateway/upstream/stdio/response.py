@@ -170,11 +170,6 @@ class StdioResponse:
         return self._headers
 
     @property
-    def overflowed(self) -> bool:
-        """The client read slower than the server wrote and was cut off (gateway/upstream/stdio/mux.py)."""
-        return isinstance(self._body, _Events) and self._body.exchange.overflowed
-
-    @property
     def content_length(self) -> int | None:
         value = self._headers.get("Content-Length")
         return int(value) if value is not None else None

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from gateway.testing import context, rpc, tool_call
-from gateway.transports.streamable import _answers_server_requests, _carries_request
+from gateway.transports.streamable import _answers_server_requests
 
 pytestmark = pytest.mark.unit
 
@@ -35,8 +35,14 @@ def test_which_clients_are_expected_to_open_a_get(capabilities: Any, expected: b
 
 
 def test_only_a_request_waits_for_the_expected_get() -> None:
+    """The POST waits when its message `has_requests` (gateway/jsonrpc.py): not for notifications or answers."""
     note = rpc("notifications/initialized", rpc_id=None)
     answer = {"jsonrpc": "2.0", "id": "s-1", "result": {}}
-    assert _carries_request(context("example", tool_call("x", rpc_id=2)))
-    assert not _carries_request(context("example", note)) and not _carries_request(context("example", answer))
-    assert _carries_request(context("example", note, tool_call("x", rpc_id=2)))  # a 2025-03-26 batch with a request
+
+    def waits(*messages: dict[str, Any]) -> bool:
+        message = context("example", *messages).message
+        return message is not None and message.has_requests
+
+    assert waits(tool_call("x", rpc_id=2))
+    assert not waits(note) and not waits(answer)
+    assert waits(note, tool_call("x", rpc_id=2))  # a 2025-03-26 batch with a request
