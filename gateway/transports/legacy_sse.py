@@ -17,7 +17,6 @@ The endpoint must be on the upstream's own origin (upstream/legacy_sse.py): othe
 from __future__ import annotations
 
 import asyncio
-import time
 
 import orjson
 import structlog
@@ -216,14 +215,8 @@ class LegacySseHandler:
         keepalive = self._keepalive
         parser = SseParser()
         inbox = Inbox()
-        unwatch = self._lists.watch(self._policy.active, ctx.server_name, ctx.principal, inbox)
-        expires_at = ctx.principal.expires_at
-        # the stream ends with its credential (a key's expiry, a token's exp), as its POSTs would be refused
-        expiry = (
-            asyncio.get_running_loop().call_later(max(0.0, expires_at - time.time()), inbox.close)
-            if expires_at is not None
-            else None
-        )
+        # told of list changes, ended by a revocation or with its credential (as its POSTs would be refused)
+        unfollow = self._lists.follow(self._policy.active, ctx.server_name, ctx.principal, inbox)
         try:
             await prepare(out, ctx.request)
             while True:
@@ -293,10 +286,7 @@ class LegacySseHandler:
             )
             ctx.notes["stream_error"] = err.reason
         finally:
-            if unwatch is not None:
-                unwatch()
-            if expiry is not None:
-                expiry.cancel()
+            unfollow()
             resp.close()
             if reservation[0] is not None:  # the stream ended before it named its session
                 await release_session(ctx, self._sessions, reservation[0])

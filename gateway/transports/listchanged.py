@@ -19,6 +19,8 @@ frame instead: gateway/transports/websocket.py).
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -81,6 +83,25 @@ class ListWatch:
             self._streams.pop(key, None)
 
         return unwatch
+
+    def follow(self, active: Active, server: str, principal: Principal, inbox: Inbox) -> Callable[[], None]:
+        """Watch a stream that just opened (`watch`) and end it with its credential (a key's expiry, a token's
+        `exp`), as the requests would be refused then; returns the one release of both (GET and legacy streams)."""
+        unwatch = self.watch(active, server, principal, inbox)
+        expires_at = principal.expires_at
+        timer = (
+            asyncio.get_running_loop().call_later(max(0.0, expires_at - time.time()), inbox.close)
+            if expires_at is not None
+            else None
+        )
+
+        def release() -> None:
+            if unwatch is not None:
+                unwatch()
+            if timer is not None:
+                timer.cancel()
+
+        return release
 
     def key_revoked(self, key_id: str) -> int:
         """A key this process revoked (admin API): end its streams now; returns how many."""

@@ -7,7 +7,6 @@ This handler owns the `/mcp/{server}` route for every transport: a route configu
 from __future__ import annotations
 
 import asyncio
-import time
 
 from aiohttp import web
 
@@ -254,14 +253,8 @@ class StreamableHttpHandler:
         inbox: Inbox | None = None
         if order_key is not None and ctx.http_method == "GET" and resp.status == 200 and ctx.principal is not None:
             inbox = Inbox()
-            unwatch = self.lists.watch(self._policy.active, ctx.server_name, ctx.principal, inbox)
-            if unwatch is not None:
-                ctx.releases.append(unwatch)
-            expires_at = ctx.principal.expires_at
-            if expires_at is not None:
-                # the stream ends with its credential (a key's expiry, a token's exp), as the requests would
-                timer = asyncio.get_running_loop().call_later(max(0.0, expires_at - time.time()), inbox.close)
-                ctx.releases.append(timer.cancel)
+            # told of list changes, ended by a revocation or with its credential
+            ctx.releases.append(self.lists.follow(self._policy.active, ctx.server_name, ctx.principal, inbox))
         return await forwarder.relay(ctx, ctx.request, resp, inbox=inbox)
 
 
