@@ -298,9 +298,10 @@ async def test_sigterm_under_keepalive_load_resets_no_request_sent(tmp_path: Pat
     assert code == 0
     # no request written into a connection the gateway then reset or closed without an answer
     assert tally.failures == [], tally.failures[:10]
-    assert tally.sent > before  # the load went on into the drain
     assert sum(tally.answered.values()) == tally.sent
-    # answers made during the drain told both servers' clients to go elsewhere
+    # the load went on into the drain: answers made after the signal (only those say `Connection: close`) told both
+    # servers' clients to go elsewhere. (Counting requests *written* after the signal was a race: when every client
+    # had a request in flight as the signal went, each got its close and none wrote again; CI saw 2,285 = 2,285.)
     assert tally.closing_answers["lean"] > 0 and tally.closing_answers["aiohttp"] > 0
     assert idle_ends == ["end", "end"]
     assert late_status == 200 and late_headers.get("connection") == "close"
